@@ -1,0 +1,157 @@
+"""scGPT tokenisation, as scGPT's embedding path (`scgpt.tasks.get_batch_cell_embeddings`) does it.
+
+Per cell: genes from the model's `vocab.json` (optionally restricted to highly variable genes), the
+non-zero ones kept (or all kept genes with `include_zero_genes`), `<cls>` first with value `pad_value`;
+values binned per cell: the non-zero values digitised by the quantiles of that cell's non-zero values
+into n_bins - 1 bins (values 1..n_bins-1), zeros stay 0. Deviation: scGPT breaks ties with bin edges at
+random (`_digitize(side="both")`); here the left edge is used (`np.digitize`), so extraction is
+deterministic. Cells longer than `max_seq_len` keep `<cls>` and a random subset of genes, as scGPT's
+collator does, but drawn from a generator seeded by (seed, cell index) so reruns agree. scGPT has no
+positional embeddings, so kept genes are in var order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from extract.errors import ExtractError
+from extract.tokenize.genes import TokenizedCells, plan_genes, var_column
+
+CLS = "<cls>"
+
+
+def load_vocab(path: str | Path) -> dict[str, int]:
+    """scGPT `vocab.json`: {gene symbol or special token: id}."""
+    path = Path(path)
+    try:
+        vocab = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExtractError(f"cannot read scGPT vocabulary {path}: {err}") from err
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(v) is int for k, v in vocab.items()):
+        raise ExtractError(f"{path} must be a JSON object mapping gene names to integer ids")
+    return vocab
+
+
+def bin_values(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """values: [L] non-negative expression of one cell -> [L] float32 bins; 0 stays 0, non-zero in 1..n_bins-1."""
+    binned = np.zeros(len(values), dtype=np.float32)
+    nonzero = values > 0
+    if not nonzero.any():
+        return binned
+    edges = np.quantile(values[nonzero], np.linspace(0, 1, n_bins - 1))
+    binned[nonzero] = np.digitize(values[nonzero], edges)
+    return binned
+
+
+def select_hvg(counts: sp.csr_matrix, var: pd.DataFrame, n_top_genes: int, flavor: str) -> np.ndarray:
+    """[n_var] bool mask of highly variable genes, with scanpy (needs the count matrix in memory).
+
+    flavor 'seurat_v3' (scGPT's choice for raw counts; needs scikit-misc) runs on counts; 'seurat' and
+    'cell_ranger' run on log1p of counts per 10,000.
+    """
+    import anndata
+    import scanpy as sc
+
+    adata = anndata.AnnData(X=counts.astype(np.float32), var=pd.DataFrame(index=var.index.astype(str)))
+    adata.var_names_make_unique()
+    if flavor != "seurat_v3":
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+    try:
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor=flavor)
+    except ImportError as err:
+        raise ExtractError(
+            f"highly variable genes with flavor={flavor!r} needs an extra package ({err}); install it or "
+            "pass hvg_flavor='seurat'"
+        ) from err
+    return adata.var["highly_variable"].to_numpy(dtype=bool)
+
+
+class ScGPTTokenizer:
+    """Gene tokens + binned values for one AnnData's var.
+
+    max_seq_len: total length including `<cls>`. gene_mask: [n_var] bool, e.g. highly variable genes.
+    """
+
+    kind = "scgpt"
+
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        var: pd.DataFrame,
+        *,
+        n_bins: int,
+        max_seq_len: int,
+        pad_token: str = "<pad>",
+        pad_value: float = -2.0,
+        gene_column: str | None = None,
+        gene_mask: np.ndarray | None = None,
+        include_zero_genes: bool = False,
+        seed: int = 0,
+    ):
+        for token in (pad_token, CLS):
+            if token not in vocab:
+                raise ExtractError(f"scGPT vocabulary has no {token} token")
+        if n_bins < 3:
+            raise ExtractError(f"n_bins must be >= 3, found {n_bins}")
+        if max_seq_len < 2:
+            raise ExtractError(f"max_seq_len must be >= 2 (<cls> + one gene), found {max_seq_len}")
+        names, _ = var_column(var, gene_column)
+        keys = [n if gene_mask is None or gene_mask[j] else None for j, n in enumerate(names)]
+        self.plan = plan_genes(keys, vocab, "vocab.json")
+        self.n_bins = int(n_bins)
+        self.max_seq_len = int(max_seq_len)
+        self.max_genes = self.max_seq_len - 1
+        self.pad_token_id = vocab[pad_token]
+        self.cls_token_id = vocab[CLS]
+        self.pad_value = float(pad_value)
+        self.gene_column = gene_column
+        self.n_hvg = None if gene_mask is None else int(np.sum(gene_mask))
+        self.include_zero_genes = bool(include_zero_genes)
+        self.seed = int(seed)
+
+    def settings(self) -> dict:
+        return {
+            "tokenizer": self.kind,
+            "n_bins": self.n_bins,
+            "max_seq_len": self.max_seq_len,
+            "pad_value": self.pad_value,
+            "gene_column": self.gene_column,
+            "n_hvg": self.n_hvg,
+            "include_zero_genes": self.include_zero_genes,
+            "seed": self.seed,
+            "n_genes_used": self.plan.n_genes,
+            "binning": "per-cell quantiles of non-zero values, left edges (np.digitize)",
+        }
+
+    def n_genes(self, counts: sp.csr_matrix) -> np.ndarray:
+        if self.include_zero_genes:
+            return np.full(counts.shape[0], min(self.plan.n_genes, self.max_genes), dtype=np.int64)
+        return np.minimum(self.plan.n_expressed(counts), self.max_genes)
+
+    def __call__(self, counts: sp.csr_matrix, cell_index: np.ndarray) -> TokenizedCells:
+        """counts: [n_cells, n_var] CSR raw counts; cell_index: [n_cells] AnnData rows (seeds the subsampling)."""
+        kept = (counts @ self.plan.select).tocsr()
+        kept.eliminate_zeros()
+        kept.sort_indices()
+        input_ids, values = [], []
+        for i in range(kept.shape[0]):
+            if self.include_zero_genes:
+                cols = np.arange(self.plan.n_genes)
+                expr = kept[i].toarray().ravel()
+            else:
+                lo, hi = kept.indptr[i], kept.indptr[i + 1]
+                cols, expr = kept.indices[lo:hi], kept.data[lo:hi]
+            binned = bin_values(expr, self.n_bins)
+            if len(cols) > self.max_genes:
+                rng = np.random.default_rng([self.seed, int(cell_index[i])])
+                keep = np.sort(rng.choice(len(cols), self.max_genes, replace=False))
+                cols, binned = cols[keep], binned[keep]
+            input_ids.append(np.concatenate([[self.cls_token_id], self.plan.token_ids[cols]]).astype(np.int64))
+            values.append(np.concatenate([[self.pad_value], binned]).astype(np.float32))
+        return TokenizedCells(input_ids, values, 1, 0)
