@@ -1,3 +1,34 @@
-"""jaxsae: sparse autoencoders in JAX for the activations of single-cell foundation models."""
+"""jaxsae: sparse autoencoders in JAX for the activations of single-cell foundation models.
+
+Public API (imported lazily, so `import jaxsae.store` stays light):
+    jaxsae.fit(config) / jaxsae.load_config(path, overrides)     train dictionaries (= jaxsae.train.train)
+    jaxsae.load(path) -> Dictionary                              a trained dictionary (encode/decode)
+    jaxsae.open_store(path)                                      an activation store
+    jaxsae.synthesize(path, SynthConfig(...))                    synthetic ground-truth activations
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ConfigError": "jaxsae.sae.base", "SAEConfig": "jaxsae.sae.base",
+    "Dictionary": "jaxsae.dictionary", "DictionaryError": "jaxsae.dictionary", "load": "jaxsae.dictionary",
+    "StoreError": "jaxsae.store", "open_store": "jaxsae.store",
+    "SynthConfig": "jaxsae.data.synthetic", "synthesize": "jaxsae.data.synthetic",
+    "feature_recovery": "jaxsae.data.synthetic", "load_truth": "jaxsae.data.synthetic",
+    "TrainConfig": "jaxsae.train.config", "load_config": "jaxsae.train.config", "make_config": "jaxsae.train.config",
+    "fit": "jaxsae.train.loop", "RunResult": "jaxsae.train.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jaxsae' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

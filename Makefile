@@ -1,0 +1,26 @@
+# The two quick-start commands: `make demo` (the main job end to end) and `make test`.
+# Each creates or reuses the local virtual environment .venv (re-installed when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jaxsae-installed
+
+.PHONY: demo test test-slow bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[extract,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/quickstart.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(PY) experiments/bench_train.py

@@ -1,0 +1,104 @@
+"""`jaxsae` command line: each verb parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_train(args) -> int:
+    from jaxsae.train import load_config, train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    print(f"run folder:   {result.run_dir}")
+    for path in result.dictionaries:
+        print(f"dictionary:   {path}")
+    for rec in result.metrics:
+        print(f"member {rec['member']}: fvu={rec['fvu']:.4f} l0={rec['l0']:.2f} "
+              f"dead={rec['dead_fraction']:.3f} rows/s={rec['rows_per_s']:,.0f}")
+    return 0
+
+
+def _cmd_store_info(args) -> int:
+    from jaxsae.store import describe_store
+
+    print(describe_store(args.path))
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from jaxsae.data.synthetic import SynthConfig, synthesize
+
+    cfg = SynthConfig(rows=args.rows, d_model=args.d_model, n_features=args.n_features,
+                      active_per_row=args.active_per_row, noise_std=args.noise_std, seed=args.seed,
+                      dtype=args.dtype)
+    path = synthesize(args.out, cfg, overwrite=args.overwrite)
+    print(f"synthetic store: {path} ({cfg.rows} rows, d={cfg.d_model}, {cfg.n_features} true features)")
+    return 0
+
+
+def _cmd_extract(args) -> int:
+    from extract.cli import run_extract_cli
+
+    return run_extract_cli(args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxsae", description="Sparse autoencoders for single-cell model activations")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train dictionaries from a config file plus key=value overrides")
+    p.add_argument("config", nargs="?", help="a .toml/.yaml/.json config file (optional)")
+    p.add_argument("overrides", nargs="*", help="settings such as data.store=PATH sae.k=32 steps=2000")
+    p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("store", help="activation stores")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("info", help="validate and describe a store")
+    q.add_argument("path")
+    q.set_defaults(fn=_cmd_store_info)
+
+    p = sub.add_parser("synth", help="write a synthetic store made from a known sparse dictionary")
+    p.add_argument("out")
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-features", type=int, default=512)
+    p.add_argument("--active-per-row", type=float, default=4.0)
+    p.add_argument("--noise-std", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=_cmd_synth)
+
+    try:
+        from extract.cli import add_extract_parser
+    except ImportError:  # the [extract] extra (torch) is not installed
+        p = sub.add_parser("extract", help="extract activations (needs: pip install 'jaxsae[extract]')")
+        p.set_defaults(fn=lambda _: _missing_extract())
+    else:
+        add_extract_parser(sub)
+    return parser
+
+
+def _missing_extract() -> int:
+    print("error: `jaxsae extract` needs PyTorch: pip install 'jaxsae[extract]'", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from jaxsae.errors import USER_ERRORS
+
+    try:
+        return args.fn(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Trained dictionaries as users keep them: a folder with `dictionary.safetensors` + `config.json`.
+
+The weights work on RAW activations (input normalisation is folded in), so `load(path).encode(acts)` needs
+nothing but the folder. Encoding runs the same JAX functions the trainer used, on whatever device JAX has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from jaxsae.sae import base as sae_base
+from jaxsae.sae.base import SAEConfig
+
+FORMAT = "jaxsae.dictionary"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "dictionary.safetensors"
+CONFIG_FILE = "config.json"
+BUFFER_PREFIX = "buffer."
+
+
+class DictionaryError(ValueError):
+    """A dictionary folder that cannot be loaded; the message says what is wrong and what to do."""
+
+
+def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str, np.ndarray],
+                    buffers: dict[str, np.ndarray], hparams: dict[str, Any], scale: float,
+                    source: dict | None = None, metrics: dict | None = None, extra: dict | None = None) -> str:
+    """Write one member's dictionary (params in NORMALISED units, folded here) atomically to `path`.
+
+    params: per-member arrays (W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d], extras).
+    buffers: inference state kept with the weights (e.g. the BatchTopK threshold); training counters dropped.
+    scale: the input normalisation used in training (x_normalised = scale * x).
+    """
+    from jaxsae.sae.fold import fold_input_scale
+
+    path = os.fspath(path)
+    folded = fold_input_scale({k: np.asarray(v) for k, v in params.items()}, sae.architecture, scale)
+    tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in folded.items()}
+    for k, v in buffers.items():
+        if k != "rows_since_fired":
+            tensors[BUFFER_PREFIX + k] = np.ascontiguousarray(np.asarray(v, np.float32))
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "architecture": sae.architecture, "d_model": sae.d_model, "n_latents": sae.n_latents,
+        "sae": dataclasses.asdict(sae),
+        "hparams": {k: (v.item() if hasattr(v, "item") else v) for k, v in hparams.items()},
+        "normalisation": {"training_scale": float(scale), "folded_into_weights": True},
+        "source": source or {}, "metrics": metrics or {}, **(extra or {}),
+    }
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-dictionary-", dir=parent)
+    try:
+        save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": FORMAT})
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2, default=_json_default)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+@dataclasses.dataclass
+class Dictionary:
+    """A trained sparse dictionary over raw activations.
+
+    sae:     static architecture config; params/buffers: numpy arrays (raw-activation units).
+    hparams: the member's hyperparameters (k, thresholds' bandwidth, ...); config: the whole config.json.
+    """
+
+    sae: SAEConfig
+    params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    hparams: dict[str, Any]
+    config: dict
+
+    @property
+    def d_model(self) -> int:
+        return self.sae.d_model
+
+    @property
+    def n_latents(self) -> int:
+        return self.sae.n_latents
+
+    @property
+    def decoder(self) -> np.ndarray:
+        """[n, d] decoder rows (feature directions in activation space)."""
+        return self.params["W_dec"]
+
+    def _hp(self) -> dict[str, jax.Array]:
+        arch = sae_base.get(self.sae.architecture)
+        hp = {**arch.hparam_defaults, **{k: v for k, v in self.hparams.items() if k in arch.hparam_defaults}}
+        return {k: jnp.asarray(v, jnp.int32 if k in ("k", "l1_warmup_steps") else jnp.float32)
+                for k, v in hp.items()}
+
+    def encode(self, x, *, batch_rows: int = 8192) -> np.ndarray:
+        """x: [B, d] raw activations -> [B, n] float32 latents (inference mode)."""
+        x = self._check(x, self.d_model, "x")
+        fn = _encode_fn(self.sae)
+        params = {k: jnp.asarray(v) for k, v in self.params.items()}
+        buffers = {k: jnp.asarray(v) for k, v in self.buffers.items()}
+        hp = self._hp()
+        parts = [np.asarray(fn(params, buffers, jnp.asarray(x[i:i + batch_rows]), hp))
+                 for i in range(0, x.shape[0], batch_rows)]
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_latents), np.float32)
+
+    def decode(self, latents) -> np.ndarray:
+        """latents: [B, n] -> [B, d] reconstruction in raw activation units."""
+        latents = self._check(latents, self.n_latents, "latents")
+        params = {k: jnp.asarray(v) for k, v in self.params.items()}
+        return np.asarray(_decode_fn(self.sae)(params, jnp.asarray(latents)))
+
+    def reconstruct(self, x) -> np.ndarray:
+        return self.decode(self.encode(x))
+
+    @staticmethod
+    def _check(a, width: int, name: str) -> np.ndarray:
+        a = np.asarray(a, np.float32)
+        if a.ndim != 2 or a.shape[1] != width:
+            raise ValueError(f"{name}: expected shape [rows, {width}], got {list(a.shape)}")
+        return a
+
+
+def _encode_fn(sae: SAEConfig):
+    arch = sae_base.get(sae.architecture)
+    return jax.jit(lambda p, b, x, hp: arch.encode(p, b, x, hp, sae, sae_base.Axes()))
+
+
+def _decode_fn(sae: SAEConfig):
+    arch = sae_base.get(sae.architecture)
+    return jax.jit(lambda p, f: arch.decode(p, f, sae, sae_base.Axes()))
+
+
+def load(path: str | os.PathLike) -> Dictionary:
+    """Load a dictionary folder written by the trainer (`<run>/dictionaries/member_000`)."""
+    path = os.fspath(path)
+    cfg_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
+    if os.path.isdir(os.path.join(path, "dictionaries")):
+        raise DictionaryError(
+            f"{path} is a run folder; load one of its dictionaries, e.g. {os.path.join(path, 'dictionaries', 'member_000')}"
+        )
+    for p in (cfg_path, weights_path):
+        if not os.path.isfile(p):
+            raise DictionaryError(f"{path}: missing {os.path.basename(p)}; is this a jaxsae dictionary folder?")
+    with open(cfg_path) as f:
+        config = json.load(f)
+    if config.get("format") != FORMAT:
+        raise DictionaryError(f"{cfg_path}: not a jaxsae dictionary (format={config.get('format')!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise DictionaryError(
+            f"{cfg_path}: format_version {config['format_version']} is newer than this jaxsae reads "
+            f"({FORMAT_VERSION}); upgrade jaxsae"
+        )
+    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
+    sae_dict = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["sae"].items() if k in sae_fields}
+    sae = SAEConfig(**sae_dict)
+    tensors = load_file(weights_path)
+    params = {k: v for k, v in tensors.items() if not k.startswith(BUFFER_PREFIX)}
+    buffers = {k[len(BUFFER_PREFIX):]: v for k, v in tensors.items() if k.startswith(BUFFER_PREFIX)}
+    for name, shape in (("W_enc", (sae.d_model, sae.n_latents)), ("W_dec", (sae.n_latents, sae.d_model))):
+        if name not in params or params[name].shape != shape:
+            got = None if name not in params else list(params[name].shape)
+            raise DictionaryError(f"{weights_path}: {name} should have shape {list(shape)}, found {got}")
+    return Dictionary(sae=sae, params=params, buffers=buffers, hparams=config.get("hparams", {}), config=config)

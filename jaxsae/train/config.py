@@ -1,0 +1,315 @@
+"""Typed, validated training configuration, read from TOML/YAML files plus `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from typing import Any
+
+from jaxsae.sae import base as sae_base
+from jaxsae.sae.base import ConfigError, SAEConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training stream.
+
+    store:         path of the activation store to train on.
+    batch_rows:    rows per global batch (all devices together).
+    window_blocks: store blocks shuffled together in RAM; more = better mixing, more memory.
+    streams:       independent sub-streams; multi-host runs need it divisible by the process count.
+    prefetch:      batches assembled ahead of the step.
+    seed:          seed of the data order (independent of the parameter seeds).
+    normalise:     scale inputs to unit mean squared norm (scale from the store's statistics, folded into
+                   the saved dictionary).
+    """
+
+    store: str = ""
+    batch_rows: int = 4096
+    window_blocks: int = 64
+    streams: int = 1
+    prefetch: int = 2
+    seed: int = 0
+    normalise: bool = True
+
+    def __post_init__(self):
+        if not self.store:
+            raise ConfigError("data.store: no activation store given; set data.store=PATH (see `jaxsae synth`)")
+        _positive(self, "batch_rows", "window_blocks", "streams", "prefetch")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Adam with linear warmup and a linear decay to zero over the last `decay_fraction` of training.
+
+    lr:             peak learning rate (members may override it).
+    warmup_steps:   linear warmup from 0.
+    decay_fraction: fraction of training at the end over which the rate decays linearly to 0.
+    grad_clip:      clip each member's global gradient norm to this (None: no clipping).
+    """
+
+    lr: float = 4e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    grad_clip: float | None = None
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
+            raise ConfigError(f"optim.beta1/beta2: must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"optim.decay_fraction: must be in [0, 1], got {self.decay_fraction}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip: must be > 0 or unset, got {self.grad_clip}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape; 0 means "the rest": data = devices / (ens * latent) when left 0."""
+
+    data: int = 0
+    ens: int = 1
+    latent: int = 1
+
+    def __post_init__(self):
+        if self.data < 0 or self.ens < 1 or self.latent < 1:
+            raise ConfigError(f"mesh: data >= 0, ens >= 1, latent >= 1 required, got {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: E members of one architecture trained together (E = len(members)).
+
+    run_dir:      output folder (metrics, checkpoints, dictionaries).
+    sae:          static dictionary shape and architecture.
+    data, optim, mesh: see their classes.
+    hparams:      per-member hyperparameter defaults of the architecture (keys: the architecture's
+                  `hparam_defaults`, e.g. k, l1_coeff, aux_coeff, bandwidth).
+    members:      one dict per member overriding `lr`, `seed` or any hparam; default: one member.
+    steps:        optimizer steps (set this or total_rows).
+    total_rows:   rows to train on; steps = total_rows // data.batch_rows.
+    seed:         parameter seed (members get `seed + member.seed`).
+    log_every:    steps between metric read-backs.
+    checkpoint_every: steps between checkpoints (0: only at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    tensorboard:  also write TensorBoard event files.
+    progress:     show a progress bar.
+    """
+
+    run_dir: str = "runs/default"
+    sae: SAEConfig = dataclasses.field(default_factory=SAEConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    hparams: dict = dataclasses.field(default_factory=dict)
+    members: tuple = ({},)
+    steps: int | None = None
+    total_rows: int | None = None
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.total_rows is None):
+            raise ConfigError("steps / total_rows: set exactly one of them (e.g. steps=2000)")
+        if self.num_steps < 1:
+            raise ConfigError(f"steps: training needs at least 1 step, got {self.num_steps}")
+        _positive(self, "log_every", "keep_checkpoints")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
+        if not self.members:
+            raise ConfigError("members: at least one member is needed (use [{}] for one default member)")
+        arch = sae_base.get(self.sae.architecture)
+        allowed = set(arch.hparam_defaults)
+        for key in self.hparams:
+            if key not in allowed:
+                raise ConfigError(
+                    f"hparams.{key}: not a hyperparameter of {self.sae.architecture}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+        for i, member in enumerate(self.members):
+            for key, value in member.items():
+                if key not in allowed | {"lr", "seed"}:
+                    raise ConfigError(
+                        f"members[{i}].{key}: unknown; allowed: lr, seed, {', '.join(sorted(allowed))}"
+                    )
+            hp = self.member_hparams(i)
+            if hp["lr"] <= 0:
+                raise ConfigError(f"members[{i}].lr: must be > 0, got {hp['lr']}")
+            if "k" in hp and not 1 <= hp["k"] <= self.sae.k:
+                raise ConfigError(
+                    f"members[{i}].k: must be between 1 and sae.k={self.sae.k} (the largest k of the pack), "
+                    f"got {hp['k']}; raise sae.k"
+                )
+            for key in ("l1_coeff", "aux_coeff", "bandwidth"):
+                if key in hp and hp[key] < 0:
+                    raise ConfigError(f"members[{i}].{key}: must be >= 0, got {hp[key]}")
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps if self.steps is not None else self.total_rows // self.data.batch_rows
+
+    def member_hparams(self, i: int) -> dict[str, float]:
+        """Member i's full hyperparameters: architecture defaults < hparams < members[i] (plus lr, seed)."""
+        arch = sae_base.get(self.sae.architecture)
+        hp = dict(arch.hparam_defaults)
+        if "k" in hp:
+            hp["k"] = self.sae.k
+        hp.update(self.hparams)
+        hp["lr"] = self.optim.lr
+        hp["seed"] = 0
+        hp.update(self.members[i])
+        return hp
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _positive(obj, *names: str) -> None:
+    prefix = {DataConfig: "data.", TrainConfig: ""}.get(type(obj), "")
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ConfigError(f"{prefix}{name}: must be >= 1, got {getattr(obj, name)}")
+
+
+_SECTIONS = {"sae": SAEConfig, "data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Turn a parsed value into the field's declared type; errors name the field."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        return None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        return _coerce(value, args[0], where)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is tuple or hint is tuple:
+            if isinstance(value, str):
+                value = json.loads(value)
+            return tuple(value)
+        if hint is dict or origin is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            return dict(value)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{where}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    """`key=value` override values: JSON/TOML-ish literals, else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            return text
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"{where}{key}: unknown setting; known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for key, value in values.items():
+        if key in _SECTIONS and cls is TrainConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
+            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+        elif key == "members" and cls is TrainConfig:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(m, dict) for m in value):
+                raise ConfigError(f"members: expected a list of tables, got {value!r}")
+            kwargs[key] = tuple(dict(m) for m in value)
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
+    return cls(**kwargs)
+
+
+def load_config_dict(path: str | os.PathLike | None) -> dict:
+    """Raw settings from a .toml / .yaml / .json file (empty without a file)."""
+    if path is None:
+        return {}
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if path.endswith(".toml"):
+            return tomllib.loads(raw.decode())
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            return yaml.safe_load(raw) or {}
+        if path.endswith(".json"):
+            return json.loads(raw)
+    except Exception as e:  # noqa: BLE001 - parser errors differ per format
+        raise ConfigError(f"config file {path!r} could not be parsed: {e}") from None
+    raise ConfigError(f"config file {path!r}: use a .toml, .yaml or .json file")
+
+
+def apply_overrides(settings: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides to nested settings (copy)."""
+    out = json.loads(json.dumps(settings))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. sae.k=32")
+        key, text = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def make_config(settings: dict) -> TrainConfig:
+    """A validated TrainConfig from nested settings (as read from a file, after overrides)."""
+    settings = dict(settings)
+    settings.setdefault("data", {})
+    if not isinstance(settings["data"], dict):
+        raise ConfigError("data: expected a table of settings")
+    return _build(TrainConfig, settings, "")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """The CLI's path: file settings, then `key=value` overrides, then validation."""
+    return make_config(apply_overrides(load_config_dict(path), overrides or []))

@@ -1,0 +1,203 @@
+"""The training loop, top to bottom: validate, prepare the run folder, initialise, step, log, save."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxsae.data.order import BlockShuffleOrder
+from jaxsae.data.stream import ActivationStream, StreamState
+from jaxsae.dictionary import save_dictionary
+from jaxsae.sae import base as sae_base
+from jaxsae.sae.base import ConfigError
+from jaxsae.sae.init import geometric_median
+from jaxsae.store import StoreError, open_store
+from jaxsae.train import mesh as mesh_lib
+from jaxsae.train import metrics as metrics_lib
+from jaxsae.train import run_folder
+from jaxsae.train.config import TrainConfig
+from jaxsae.train.step import TrainState, hparam_arrays, init_state, make_train_step, state_specs
+
+GEOMETRIC_MEDIAN_ROWS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """Where a finished run put things, and its last metrics (one record per member)."""
+
+    run_dir: str
+    dictionaries: list[str]
+    metrics: list[dict]
+    store: str
+
+
+def validate(cfg: TrainConfig):
+    """Everything that can be refused before any work: the store, widths, the mesh. Returns (store, mesh)."""
+    try:
+        store = open_store(cfg.data.store)
+    except StoreError as e:
+        raise ConfigError(f"data.store: {e}") from None
+    if store.d_model != cfg.sae.d_model:
+        raise ConfigError(
+            f"sae.d_model={cfg.sae.d_model} does not match the store {cfg.data.store} (d={store.d_model}); "
+            f"set sae.d_model={store.d_model}"
+        )
+    if store.n_rows < cfg.data.batch_rows:
+        raise ConfigError(
+            f"data.batch_rows={cfg.data.batch_rows} is larger than the store ({store.n_rows} rows); lower it"
+        )
+    if cfg.tensorboard:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise ConfigError("tensorboard=true needs tensorboardX: pip install 'jaxsae[tensorboard]'") from None
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    mesh_lib.check_divisibility(mesh, cfg.sae, cfg.n_members, cfg.data.batch_rows)
+    if cfg.data.streams % jax.process_count():
+        raise ConfigError(
+            f"data.streams={cfg.data.streams} must be divisible by the process count {jax.process_count()}"
+        )
+    return store, mesh
+
+
+def make_order(cfg: TrainConfig, store) -> BlockShuffleOrder:
+    try:
+        return BlockShuffleOrder(n_rows=store.n_rows, block_rows=store.chunk_rows,
+                                 window_blocks=cfg.data.window_blocks, batch_rows=cfg.data.batch_rows,
+                                 streams=cfg.data.streams, seed=cfg.data.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def input_scale(cfg: TrainConfig, store) -> float:
+    """x_normalised = scale * x has unit mean squared norm (from the store's statistics)."""
+    if not cfg.data.normalise:
+        return 1.0
+    return float(1.0 / np.sqrt(max(store.norm.mean_sq_norm, 1e-12)))
+
+
+def initial_b_dec(store, order: BlockShuffleOrder, scale: float) -> np.ndarray:
+    """Geometric median of a sample of (normalised) rows: the first batches of epoch 0."""
+    rows = order.batch_row_ids(0, 0)[:GEOMETRIC_MEDIAN_ROWS]
+    sample = store.read_rows_at(np.sort(rows)) * scale
+    return geometric_median(sample).astype(np.float32)
+
+
+def process_streams(order: BlockShuffleOrder) -> range:
+    per = order.streams // jax.process_count()
+    return range(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def place_batch(batch: np.ndarray, mesh, global_rows: int) -> jax.Array:
+    """This process's rows -> the global [B, d] array sharded on `data`."""
+    sharding = NamedSharding(mesh, P("data", None))
+    return jax.make_array_from_process_local_data(sharding, batch, (global_rows, batch.shape[1]))
+
+
+def _to_host(tree):
+    """Fully replicated host copies of (possibly multi-host sharded) arrays."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train `cfg.n_members` dictionaries on `cfg.data.store`; write them and the metrics to `cfg.run_dir`."""
+    store, mesh = validate(cfg)
+    order = make_order(cfg, store)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        run_folder.prepare(cfg.run_dir, cfg.to_dict())
+
+    scale = input_scale(cfg, store)
+    state = init_state(cfg, mesh, initial_b_dec(store, order, scale), scale)
+    stream_state = StreamState()
+
+    step_fn = make_train_step(cfg, mesh, state)
+    hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
+    specs = state_specs(state, cfg.sae.n_latents)
+    acc_shardings = mesh_lib.shardings(mesh, specs.acc)
+    summarise = jax.jit(lambda acc, rsf: metrics_lib.summarise(acc, rsf, cfg.sae.dead_after_rows))
+    reset_acc = jax.jit(lambda acc: jax.tree.map(jnp.zeros_like, acc), out_shardings=acc_shardings,
+                        donate_argnums=0)
+
+    writer = metrics_lib.MetricsWriter(cfg.run_dir, cfg.tensorboard) if is_writer else None
+    progress = _progress(cfg, is_writer)
+    last_records: list[dict] = []
+    in_flight: collections.deque = collections.deque()
+    t_log, rows_at_log = time.perf_counter(), 0
+    stream = ActivationStream(store, order, streams=process_streams(order), state=stream_state,
+                              prefetch=cfg.data.prefetch)
+    try:
+        for step in range(int(jax.device_get(state.step)), cfg.num_steps):
+            x = place_batch(next(stream), mesh, cfg.data.batch_rows)
+            state = step_fn(state, x, hp)
+            # Bound how far the host runs ahead of the device without syncing every step.
+            in_flight.append(state.acc["steps"])
+            if len(in_flight) > 2:
+                in_flight.popleft().block_until_ready()
+            if progress is not None:
+                progress.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.num_steps:
+                summary = _to_host(summarise(state.acc, state.buffers["rows_since_fired"]))
+                now = time.perf_counter()
+                rows_seen = done * cfg.data.batch_rows
+                rate = (rows_seen - rows_at_log) / max(now - t_log, 1e-9)
+                t_log, rows_at_log = now, rows_seen
+                last_records = metrics_lib.member_records(summary, done, rows_seen, rate)
+                state = state.replace(acc=reset_acc(state.acc))
+                if writer is not None:
+                    writer.write(last_records)
+                if progress is not None:
+                    m = last_records[0]
+                    progress.set_postfix(rows_s=f"{rate:,.0f}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
+    finally:
+        stream.close()
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
+
+    dictionaries = save_all(cfg, state, store, last_records) if is_writer else []
+    if is_writer:
+        run_folder.mark_complete(cfg.run_dir, {"steps": cfg.num_steps, "dictionaries": dictionaries,
+                                               "store": os.path.abspath(cfg.data.store)})
+    return RunResult(cfg.run_dir, dictionaries, last_records, cfg.data.store)
+
+
+def save_all(cfg: TrainConfig, state: TrainState, store, records: list[dict]) -> list[str]:
+    """One dictionary folder per member, normalisation folded in."""
+    params, buffers, scale = _to_host((state.params, state.buffers, state.scale))
+    paths = []
+    for m in range(cfg.n_members):
+        member = lambda tree: {k: np.asarray(v)[m] for k, v in tree.items()}  # noqa: E731
+        metrics = next((r for r in records if r["member"] == m), {})
+        metrics = {k: v for k, v in metrics.items() if k != "density_log10_hist"}
+        paths.append(save_dictionary(
+            run_folder.dictionary_dir(cfg.run_dir, m), sae=cfg.sae, params=member(params),
+            buffers=member(buffers), hparams=cfg.member_hparams(m), scale=float(scale),
+            source={"store": os.path.abspath(cfg.data.store), **store.source}, metrics=metrics,
+            extra={"run_dir": os.path.abspath(cfg.run_dir), "member": m, "steps": cfg.num_steps},
+        ))
+    return paths
+
+
+def _progress(cfg: TrainConfig, is_writer: bool):
+    if not (cfg.progress and is_writer):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.num_steps, unit="step", dynamic_ncols=True, desc=f"train {cfg.sae.architecture}")
+
+
+fit = train
