@@ -1,1 +1,28 @@
-"""store"""
+"""Activation store: TensorStore zarr3 arrays of model activations plus a manifest, written crash-safely.
+
+A store is one folder per (model, layer, kind):
+    manifest.json   schema, d_model, dtype, rows_committed, shard/chunk rows, source, norm stats, progress
+    acts/           zarr3 [N, d_model] float32 | bfloat16, sharding_indexed (shard_rows x d, chunk_rows x d)
+    cell_index/     zarr3 [N] int64
+    token_id/       zarr3 [N] int32
+    position/       zarr3 [N] int32
+Only rows [0, rows_committed) are valid; `StoreWriter` writes them, `open_store` reads them.
+"""
+
+from __future__ import annotations
+
+from jaxsae.store.errors import StoreError
+from jaxsae.store.manifest import SCHEMA_VERSION, Manifest, NormStats
+from jaxsae.store.reader import ActivationStore, describe_store, open_store
+from jaxsae.store.writer import StoreWriter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ActivationStore",
+    "Manifest",
+    "NormStats",
+    "StoreError",
+    "StoreWriter",
+    "describe_store",
+    "open_store",
+]
