@@ -45,6 +45,7 @@ class SAEConfig:
                   holds more than that many of the batch's top B*k activations.
     jumprelu_penalty: "l0" (step-function L0, Rajamanoharan et al. 2024) or "tanh" (Anthropic, Feb 2025).
     jumprelu_ste_to_input: let the L0 penalty's straight-through gradient reach the pre-activations too.
+    jumprelu_threshold_init: initial value of every JumpReLU threshold (Rajamanoharan et al. 2024: 0.001).
     decoder_init_norm: norm of the initial decoder rows (relu: Anthropic April 2024 uses 0.1; others 1).
     sparse_decode: top-k family: decode and the encoder weight gradient touch only the k selected latents.
     """
@@ -59,6 +60,7 @@ class SAEConfig:
     batchtopk_row_cap: int = 4
     jumprelu_penalty: str = "l0"
     jumprelu_ste_to_input: bool = False
+    jumprelu_threshold_init: float = 0.001
     decoder_init_norm: float | None = None
     sparse_decode: bool = True
 
@@ -108,7 +110,7 @@ class LossOut(NamedTuple):
 
     terms:        named scalar loss terms (already weighted as they enter the loss), e.g. {"mse": ., "l1": .}.
     x_hat:        [B, d] reconstruction of the (normalised) input rows, local data shard.
-    fire_count:   [n_local] float32, how many of the local batch rows each latent fired on.
+    fire_count:   [n_local] float32, how many rows of the GLOBAL batch each latent fired on (psum over data).
     l0:           [] mean number of active latents per row over the global batch.
     buffers:      the architecture's non-trained state after this step (e.g. BatchTopK threshold EMA).
     """

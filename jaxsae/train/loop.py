@@ -101,6 +101,19 @@ def place_batch(batch: np.ndarray, mesh, global_rows: int) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, batch, (global_rows, batch.shape[1]))
 
 
+def make_summarise(cfg: TrainConfig, mesh, specs):
+    """Jitted `(acc, rows_since_fired) -> per-member summary`, computed where the arrays live."""
+
+    def local(acc, rows_since_fired):
+        return metrics_lib.summarise(acc, rows_since_fired, cfg.sae.dead_after_rows, "latent")
+
+    out_specs = {k: P("ens") for k in specs.acc if k not in ("fire_count", "rows", "steps")}
+    out_specs |= {k: P("ens") for k in ("dead_fraction", "dense_fraction", "never_fired_in_window",
+                                         "density_log10_hist")}
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(specs.acc, specs.buffers["rows_since_fired"]),
+                                 out_specs=out_specs))
+
+
 def _to_host(tree):
     """Fully replicated host copies of (possibly multi-host sharded) arrays."""
     if jax.process_count() == 1:
@@ -126,7 +139,7 @@ def train(cfg: TrainConfig) -> RunResult:
     hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
     specs = state_specs(state, cfg.sae.n_latents)
     acc_shardings = mesh_lib.shardings(mesh, specs.acc)
-    summarise = jax.jit(lambda acc, rsf: metrics_lib.summarise(acc, rsf, cfg.sae.dead_after_rows))
+    summarise = make_summarise(cfg, mesh, specs)
     reset_acc = jax.jit(lambda acc: jax.tree.map(jnp.zeros_like, acc), out_shardings=acc_shardings,
                         donate_argnums=0)
 
@@ -140,9 +153,9 @@ def train(cfg: TrainConfig) -> RunResult:
     try:
         for step in range(int(jax.device_get(state.step)), cfg.num_steps):
             x = place_batch(next(stream), mesh, cfg.data.batch_rows)
-            state = step_fn(state, x, hp)
+            state, step_metrics = step_fn(state, x, hp)
             # Bound how far the host runs ahead of the device without syncing every step.
-            in_flight.append(state.acc["steps"])
+            in_flight.append(step_metrics["loss"])
             if len(in_flight) > 2:
                 in_flight.popleft().block_until_ready()
             if progress is not None:

@@ -10,28 +10,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae.sae.collectives import psum
+
 # log10 feature density histogram: bins over [-8, 0] in steps of 0.25; never-fired latents counted apart.
 DENSITY_EDGES = np.linspace(-8.0, 0.0, 33)
 DENSE_ABOVE = 0.1
 
 
-def summarise(acc: dict, rows_since_fired: jax.Array, dead_after_rows: int) -> dict:
+def summarise(acc: dict, rows_since_fired: jax.Array, dead_after_rows: int, latent_axis: str | None = None) -> dict:
     """Per-member means since the last read-back, from on-device sums. All outputs are [E] or [E, bins].
 
-    Run inside jit; only these small arrays travel to the host.
+    Runs on device (inside the trainer's shard_map, with `latent_axis` split); only these small arrays travel
+    to the host. acc["fire_count"] and rows_since_fired are [E, n_local].
     """
+    n_latents = psum(rows_since_fired.shape[1], latent_axis)
     steps = jnp.maximum(acc["steps"], 1.0)
     out = {k: v / steps for k, v in acc.items() if k not in ("fire_count", "rows", "steps")}
-    density = acc["fire_count"] / jnp.maximum(acc["rows"], 1.0)  # [E, n]
-    out["dead_fraction"] = jnp.mean((rows_since_fired >= dead_after_rows).astype(jnp.float32), axis=1)
-    out["dense_fraction"] = jnp.mean((density > DENSE_ABOVE).astype(jnp.float32), axis=1)
-    out["never_fired_in_window"] = jnp.sum((density == 0).astype(jnp.int32), axis=1)
+    density = acc["fire_count"] / jnp.maximum(acc["rows"], 1.0)  # [E, n_local]
+
+    def count(mask):  # [E, n_local] bool -> [E] global count
+        return psum(jnp.sum(mask.astype(jnp.int32), axis=1), latent_axis)
+
+    out["dead_fraction"] = count(rows_since_fired >= dead_after_rows) / n_latents
+    out["dense_fraction"] = count(density > DENSE_ABOVE) / n_latents
+    out["never_fired_in_window"] = count(density == 0)
     log_density = jnp.log10(jnp.where(density > 0, density, 1.0))
-    edges = jnp.asarray(DENSITY_EDGES, jnp.float32)
-    bins = jnp.clip(jnp.searchsorted(edges, log_density, side="right") - 1, 0, len(DENSITY_EDGES) - 2)
-    hist = jax.vmap(lambda b, m: jnp.zeros(len(DENSITY_EDGES) - 1, jnp.int32).at[b].add(m))(
-        bins, (density > 0).astype(jnp.int32))
-    out["density_log10_hist"] = hist
+    width = float(DENSITY_EDGES[1] - DENSITY_EDGES[0])
+    n_bins = len(DENSITY_EDGES) - 1
+    bins = jnp.clip(jnp.floor((log_density - DENSITY_EDGES[0]) / width).astype(jnp.int32), 0, n_bins - 1)
+    hist = jax.vmap(lambda b, m: jnp.zeros(n_bins, jnp.int32).at[b].add(m))(bins, (density > 0).astype(jnp.int32))
+    out["density_log10_hist"] = psum(hist, latent_axis)
     return out
 
 

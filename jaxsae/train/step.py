@@ -146,7 +146,10 @@ def _clip_by_global_norm(grads: dict, latent_sharded: dict, max_norm: float, axe
 
 
 def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) -> Callable:
-    """`step(state, batch [B, d] sharded on data, hp {k: [E]}) -> state`, jitted with the state donated."""
+    """`step(state, batch [B, d] sharded on data, hp {k: [E]}) -> (state, {"loss": [E], "l0": [E]})`.
+
+    Jitted with the state donated; the returned per-step metrics are not donated, so the loop can wait on them.
+    """
     arch = sae_base.get(cfg.sae.architecture)
     sae, axes = cfg.sae, mesh_lib.MESH_AXES
     terms = loss_term_names(sae)
@@ -166,8 +169,8 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) ->
                 return arch.loss(p, buffers, x, member_hp, sae, axes, state.step, with_aux)
 
             (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params)
-            zero = jnp.zeros((), jnp.float32)
-            out = out._replace(terms={name: out.terms.get(name, zero) for name in terms})
+            zero = loss * 0.0  # carries the loss's varying-axes type, as cond's branches must match
+            out = out._replace(terms={name: out.terms.get(name, 0.0) + zero for name in terms})
             return loss, out, grads
 
         def branch(with_aux):
@@ -192,7 +195,7 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) ->
 
         params, opt_state = jax.vmap(update_member)(state.params, grads, state.opt_state, hp["lr"])
 
-        fire_count = col.psum(out.fire_count, axes.data)
+        fire_count = out.fire_count  # already summed over the global batch by the architecture
         fired = fire_count > 0
         rows_since = jnp.where(fired, 0, jnp.minimum(state.buffers[ROWS_SINCE_FIRED] + rows_global,
                                                      sae.dead_after_rows))
@@ -209,11 +212,13 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) ->
         acc = {k: state.acc[k] + step_metrics[k] for k in METRIC_SCALARS + terms}
         acc |= {"fire_count": state.acc["fire_count"] + fire_count,
                 "rows": state.acc["rows"] + rows_global, "steps": state.acc["steps"] + 1}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, buffers=buffers,
-                          scale=state.scale, acc=acc)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, buffers=buffers,
+                               scale=state.scale, acc=acc)
+        return new_state, {"loss": loss, "l0": out.l0}
 
     hp_spec = {k: P("ens") for k in hparam_arrays(cfg)}
-    sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(specs, P("data", None), hp_spec), out_specs=specs)
+    sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(specs, P("data", None), hp_spec),
+                            out_specs=(specs, {"loss": P("ens"), "l0": P("ens")}))
     return jax.jit(sharded, donate_argnums=(0,))
 
 
