@@ -1,0 +1,349 @@
+"""Extraction: AnnData of raw counts + model folder -> activation stores (one per layer and kind).
+
+Output folder:
+    out_dir/layer_{L}/tokens/      one row per gene token of every cell: residual stream after block L
+    out_dir/layer_{L}/cell_mean/   one row per cell: mean of its gene-token rows (token_id = position = -1)
+    out_dir/layer_{L}/cell_cls/    one row per cell: the <cls> token (models with one: Geneformer V2, scGPT)
+    out_dir/skipped_cells.json     cells with no expressed model gene (skipped with a warning)
+    out_dir/extraction.json        written last, when every store is complete: {"complete": true, ...}
+Every store's manifest `source` holds the model, checkpoint sha256, layer, kind, tokeniser settings and the
+AnnData file's sha256; rows carry cell_index (AnnData row), token_id (model token) and position (in the
+model input, special tokens counted).
+
+Order and resume: cells are processed in windows of `cells_per_commit` consecutive AnnData rows; inside a
+window, cells are sorted by length (longest first, ties by row) into batches, which limits padding. After
+each window every store commits, in a fixed order, with progress {"cells_done": end of window}. A rerun
+opens the stores, restarts at the smallest cells_done, and appends to each store only the windows it has
+not committed, so an interrupted run ends identical to an uninterrupted one (no duplicates, no gaps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extract.counts import CountSource, sha256_file
+from extract.errors import ExtractError
+from extract.models import ExtractModel, load_model
+from extract.tokenize.genes import TokenizedCells
+
+INDEX_FILE = "extraction.json"
+SKIPPED_FILE = "skipped_cells.json"
+SCAN_ROWS = 4096  # cells per block in the validation pass
+_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extraction settings; every field has a default that works.
+
+    counts_layer: where the raw counts are: None/"X" (adata.X), "raw" (adata.raw.X) or a layers key.
+    gene_column: var column with gene identifiers (Ensembl IDs for Geneformer, symbols for scGPT);
+        None = Geneformer: var['ensembl_id'] if present else the index; scGPT: the index.
+    batch_size: cells per forward pass. cells_per_commit: cells per commit window (resume granularity).
+    include_special_tokens: also write <cls>/<eos> rows to the token stores.
+    cell_embeddings: also write the cell_mean (and cell_cls) stores.
+    store_dtype: dtype of stored activations. compute_dtype: "bfloat16" runs the model under autocast
+        (meant for GPUs). device: "auto", "cpu", "cuda", "cuda:1", ...
+    model_input_size: Geneformer input length (default: the model's max_position_embeddings).
+    max_seq_len, n_hvg ("args" = from args.json, None = all genes), hvg_flavor, include_zero_genes, seed:
+        scGPT tokenisation.
+    token_dictionary, gene_median_dictionary, gene_name_dictionary: Geneformer dictionaries when they are
+        not in the model folder.
+    """
+
+    counts_layer: str | None = None
+    gene_column: str | None = None
+    batch_size: int = 16
+    cells_per_commit: int = 256
+    include_special_tokens: bool = False
+    cell_embeddings: bool = True
+    store_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    device: str = "auto"
+    shard_rows: int = 16384
+    chunk_rows: int = 1024
+    overwrite: bool = False
+    progress_bar: bool = True
+    model_input_size: int | None = None
+    max_seq_len: int | None = None
+    n_hvg: int | str | None = "args"
+    hvg_flavor: str = "seurat_v3"
+    include_zero_genes: bool = False
+    seed: int = 0
+    token_dictionary: str | None = None
+    gene_median_dictionary: str | None = None
+    gene_name_dictionary: str | None = None
+
+    def __post_init__(self):
+        for name in ("batch_size", "cells_per_commit", "shard_rows", "chunk_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ExtractError(f"{name} must be a positive integer, found {value!r}")
+        for name in ("store_dtype", "compute_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ExtractError(f"{name} must be one of {_DTYPES}, found {getattr(self, name)!r}")
+        if not (self.n_hvg in ("args", None) or (isinstance(self.n_hvg, int) and self.n_hvg > 0)):
+            raise ExtractError(f"n_hvg must be 'args', None or a positive integer, found {self.n_hvg!r}")
+
+    def tokenizer_options(self) -> dict:
+        return {
+            "gene_column": self.gene_column, "model_input_size": self.model_input_size,
+            "max_seq_len": self.max_seq_len, "n_hvg": self.n_hvg, "hvg_flavor": self.hvg_flavor,
+            "include_zero_genes": self.include_zero_genes, "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded model inputs of a few cells and which positions become token rows.
+
+    input_ids: [B, L] int64; values: [B, L] float32 or None; attention_mask: [B, L] bool; token_rows:
+    [B, L] bool positions written to the token stores; gene_mask: [B, L] bool gene positions (mean pooling);
+    cell_index: [B] int64 AnnData rows.
+    """
+
+    input_ids: np.ndarray
+    values: np.ndarray | None
+    attention_mask: np.ndarray
+    token_rows: np.ndarray
+    gene_mask: np.ndarray
+    cell_index: np.ndarray
+
+
+def make_batch(tokens: TokenizedCells, members: np.ndarray, cell_index: np.ndarray, pad_id: int, pad_value: float,
+               include_special_tokens: bool) -> Batch:
+    """Pad the tokenised cells `members` (indices into `tokens`) into one batch."""
+    lengths = [len(tokens.input_ids[m]) for m in members]
+    shape = (len(members), max(lengths))
+    input_ids = np.full(shape, pad_id, np.int64)
+    values = np.full(shape, pad_value, np.float32) if tokens.values is not None else None
+    attention_mask = np.zeros(shape, bool)
+    gene_mask = np.zeros(shape, bool)
+    for row, (m, n) in enumerate(zip(members, lengths)):
+        input_ids[row, :n] = tokens.input_ids[m]
+        if values is not None:
+            values[row, :n] = tokens.values[m]
+        attention_mask[row, :n] = True
+        gene_mask[row, tokens.n_prefix : n - tokens.n_suffix] = True
+    token_rows = attention_mask if include_special_tokens else gene_mask
+    return Batch(input_ids, values, attention_mask, token_rows, gene_mask, cell_index[members])
+
+
+def store_paths(out_dir: Path, layers: list[int], kinds: list[str]) -> dict[tuple[int, str], Path]:
+    """{(layer, kind): store folder}, in the fixed commit order."""
+    return {(layer, kind): out_dir / f"layer_{layer}" / kind for layer in layers for kind in kinds}
+
+
+def scan_counts(source: CountSource, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the matrix: refuse non-counts, and return per cell ([n_cells] int64 each) the sequence
+    length in gene tokens and the number of expressed model genes."""
+    n_tokens = np.zeros(source.n_cells, np.int64)
+    n_expressed = np.zeros(source.n_cells, np.int64)
+    any_counts = False
+    for start in range(0, source.n_cells, SCAN_ROWS):
+        counts = source.rows(start, min(start + SCAN_ROWS, source.n_cells))
+        any_counts |= counts.nnz > 0
+        n_tokens[start : start + counts.shape[0]] = tokenizer.n_genes(counts)
+        n_expressed[start : start + counts.shape[0]] = tokenizer.plan.n_expressed(counts)
+    if not any_counts:
+        raise ExtractError(f"{source.path}: the count matrix ({source.counts_layer}) is all zeros: no counts")
+    if not n_expressed.any():
+        raise ExtractError(
+            f"{source.path}: no cell expresses any of the {tokenizer.plan.n_genes} genes the model knows; check "
+            "gene_column and counts_layer"
+        )
+    return n_tokens, n_expressed
+
+
+class _Stores:
+    """The writers of one extraction, opened or created, and how far each one has committed."""
+
+    def __init__(self, paths: dict, sources: dict, d_model: int, config: ExtractConfig):
+        from jaxsae.store import StoreError, StoreWriter
+
+        self.writers = {}
+        self.cells_done = {}
+        for key, path in paths.items():
+            try:
+                if (path / "manifest.json").is_file() and not config.overwrite:
+                    writer = StoreWriter.open(path)
+                    if _canonical(writer.manifest.source) != _canonical(sources[key]):
+                        raise ExtractError(
+                            f"{path} holds an extraction with different settings, model or AnnData; pass "
+                            "overwrite=True (--overwrite) to replace it, or choose another out_dir"
+                        )
+                else:
+                    writer = StoreWriter.create(
+                        path, d_model=d_model, dtype=config.store_dtype, shard_rows=config.shard_rows,
+                        chunk_rows=config.chunk_rows, source=sources[key], overwrite=True,
+                    )
+            except StoreError as err:
+                raise ExtractError(f"cannot open store {path}: {err}") from err
+            self.writers[key] = writer
+            self.cells_done[key] = int(writer.progress.get("cells_done", 0))
+
+    def commit(self, cells_done: int) -> None:
+        for key, writer in self.writers.items():  # fixed order: dict order of store_paths
+            if self.cells_done[key] < cells_done:
+                writer.commit(progress={"cells_done": cells_done})
+                self.cells_done[key] = cells_done
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _write_json_atomic(path: Path, content: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: ExtractConfig) -> dict[int, torch.Tensor]:
+    """{layer: [B, L, d] hidden states} of one batch (residual stream after each requested block)."""
+    device = model.device
+    ids = torch.from_numpy(batch.input_ids).to(device)
+    mask = torch.from_numpy(batch.attention_mask).to(device)
+    values = torch.from_numpy(batch.values).to(device) if batch.values is not None else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == "bfloat16")
+    with torch.inference_mode(), autocast, model.capture(layers) as captured:
+        model.encode(ids, values, mask)
+    return captured
+
+
+def write_batch(stores: _Stores, batch: Batch, hidden: dict[int, torch.Tensor], window_end: int, has_cls: bool) -> None:
+    """Append the batch's token rows and cell embeddings to every store that still needs this window."""
+    rows_b, rows_pos = np.nonzero(batch.token_rows)
+    token_meta = {
+        "cell_index": batch.cell_index[rows_b],
+        "token_id": batch.input_ids[rows_b, rows_pos],
+        "position": rows_pos.astype(np.int64),
+    }
+    n_cells = len(batch.cell_index)
+    cell_meta = {"cell_index": batch.cell_index}
+    cls_meta = {**cell_meta, "token_id": batch.input_ids[:, 0], "position": np.zeros(n_cells, np.int64)}
+    gene_mask = None
+    index = (torch.from_numpy(rows_b), torch.from_numpy(rows_pos))
+    for (layer, kind), writer in stores.writers.items():
+        if stores.cells_done[(layer, kind)] >= window_end:
+            continue
+        states = hidden[layer]
+        if kind == "tokens":
+            acts = states[index[0].to(states.device), index[1].to(states.device)]
+            writer.append(acts.float().cpu().numpy(), **token_meta)
+        elif kind == "cell_mean":
+            if gene_mask is None:
+                gene_mask = torch.from_numpy(batch.gene_mask).to(states.device, torch.float32)
+            summed = (states.float() * gene_mask[..., None]).sum(1)
+            writer.append((summed / gene_mask.sum(1, keepdim=True)).cpu().numpy(), **cell_meta)
+        elif kind == "cell_cls" and has_cls:
+            writer.append(states[:, 0].float().cpu().numpy(), **cls_meta)
+
+
+def extract(
+    adata_path: str | Path,
+    model_path: str | Path,
+    out_dir: str | Path,
+    layers: list[int] | tuple[int, ...] = (-1,),
+    config: ExtractConfig | None = None,
+    **options,
+) -> dict[int, Path]:
+    """Extract activations of `layers` for every cell of `adata_path` into stores under `out_dir`.
+
+    adata_path: .h5ad with raw integer counts. model_path: a Geneformer or scGPT model folder. layers:
+    block indices (layer L = residual stream after block L; negative counts from the end). options: fields
+    of `ExtractConfig` (or pass `config`). Returns {layer: path of its token store}. Reruns with the same
+    arguments resume an interrupted extraction; a finished one is returned as is.
+    Raises ExtractError before writing anything when the input cannot work.
+    """
+    config = config or ExtractConfig(**options)
+    out_dir = Path(out_dir)
+    geneformer_files = {
+        k: getattr(config, k) for k in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary")
+        if getattr(config, k) is not None
+    }
+    model = load_model(model_path, device=config.device, **geneformer_files)
+    layers = model.check_layers(list(layers))
+    with CountSource(adata_path, config.counts_layer) as source:
+        full_counts = source.rows(0, source.n_cells) if model.kind == "scgpt" and _wants_hvg(model, config) else None
+        tokenizer = model.make_tokenizer(source.var, counts=full_counts, **config.tokenizer_options())
+        del full_counts
+        n_tokens, n_expressed = scan_counts(source, tokenizer)
+        skipped = np.flatnonzero(n_expressed == 0)
+        if len(skipped):
+            warnings.warn(f"skipping {len(skipped)} of {source.n_cells} cells with no expressed model gene "
+                          f"(listed in {out_dir / SKIPPED_FILE})", stacklevel=2)
+        has_cls = getattr(model, "cls_token_id", None) is not None
+        kinds = ["tokens"] + (["cell_mean"] + (["cell_cls"] if has_cls else []) if config.cell_embeddings else [])
+        common = {
+            **model.describe(),
+            "tokenizer": tokenizer.settings(),
+            "adata": {"path": str(Path(adata_path).resolve()), "sha256": sha256_file(adata_path),
+                      "n_cells": source.n_cells, "counts_layer": source.counts_layer,
+                      "n_cells_skipped": int(len(skipped))},
+            "extraction": {"cells_per_commit": config.cells_per_commit, "batch_size": config.batch_size,
+                           "include_special_tokens": config.include_special_tokens,
+                           "compute_dtype": config.compute_dtype},
+        }
+        paths = store_paths(out_dir, layers, kinds)
+        sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in paths}
+        index = out_dir / INDEX_FILE
+        if index.is_file() and not config.overwrite:
+            previous = json.loads(index.read_text())
+            if previous.get("complete") and _canonical(previous.get("source")) == _canonical(common) \
+                    and previous.get("layers") == layers and previous.get("kinds") == kinds:
+                return {layer: paths[(layer, "tokens")] for layer in layers}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        index.unlink(missing_ok=True)
+        _write_json_atomic(out_dir / SKIPPED_FILE, {"reason": "no expressed model gene",
+                                                    "cell_index": skipped.tolist()})
+        stores = _Stores(paths, sources, model.d_model, config)
+        _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
+        stores.close()
+    _write_json_atomic(index, {
+        "complete": True, "layers": layers, "kinds": kinds, "source": common,
+        "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
+    })
+    return {layer: paths[(layer, "tokens")] for layer in layers}
+
+
+def _wants_hvg(model, config: ExtractConfig) -> bool:
+    return bool(model.n_hvg if config.n_hvg == "args" else config.n_hvg)
+
+
+def _run_windows(model, tokenizer, source, stores: _Stores, layers, n_tokens, n_expressed, config, has_cls):
+    from tqdm.auto import tqdm
+
+    window = config.cells_per_commit
+    start = min(stores.cells_done.values())
+    if start % window and start != source.n_cells:
+        raise ExtractError(f"stores were committed at cell {start}, not a multiple of cells_per_commit={window}")
+    pad_value = getattr(tokenizer, "pad_value", 0.0)
+    bar = tqdm(total=source.n_cells, initial=start, unit="cell", desc="extract", disable=not config.progress_bar,
+               dynamic_ncols=True)
+    for lo in range(start, source.n_cells, window):
+        hi = min(lo + window, source.n_cells)
+        cells = lo + np.flatnonzero(n_expressed[lo:hi] > 0)
+        counts = source.rows(lo, hi)[cells - lo]
+        tokens = tokenizer(counts, cells)
+        order = np.lexsort((cells, -n_tokens[cells]))
+        for b in range(0, len(order), config.batch_size):
+            batch = make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, pad_value,
+                               config.include_special_tokens)
+            hidden = forward_batch(model, batch, layers, config)
+            write_batch(stores, batch, hidden, hi, has_cls)
+            bar.update(len(batch.cell_index))
+        stores.commit(hi)
+        bar.update(hi - lo - len(cells))
+    bar.close()
