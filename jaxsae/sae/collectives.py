@@ -28,3 +28,16 @@ def shard_offset(n_local: int, axis: str | None) -> jax.Array:
     if axis is None:
         return jnp.zeros((), jnp.int32)
     return (jax.lax.axis_index(axis) * n_local).astype(jnp.int32)
+
+
+def pmin(x, axis: str | None):
+    return x if axis is None else jax.lax.pmin(x, axis)
+
+
+def pvary(x, axis: str | None):
+    """Mark `x` (invariant over mesh axis `axis`) as varying over it: no communication; its transpose is a psum.
+
+    Needed where a replicated parameter enters a `custom_vjp` next to per-shard data, so that the rule's
+    per-shard cotangent has the type JAX expects (the psum over `axis` then happens in the transpose).
+    """
+    return x if axis is None else jax.lax.pcast(x, axis, to="varying")

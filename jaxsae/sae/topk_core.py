@@ -1,0 +1,158 @@
+"""Top-k machinery shared by TopK, BatchTopK and Matryoshka: selection across latent shards, sparse
+encode/decode by gathering the selected latents, BatchTopK's global threshold, and the AuxK loss.
+
+PERFORMANCE. Selection runs on stop-gradient pre-activations (one dense [B, d] @ [d, n] matmul, no backward).
+With cfg.sparse_decode the selected latents' pre-activations are recomputed from a gather of their encoder
+columns and decoded from a gather of their decoder rows, so autodiff's weight gradients are scatter-adds of
+B*K rows of length d instead of dense [d, B] @ [B, n] and [n, B] @ [B, d] matmuls. With the latent axis split,
+each shard takes its local top-k, the [B, k] candidates (values + global indices) are all-gathered over the
+latent axis and merged by a second top-k; each shard gathers only the selected latents it owns and the decoded
+partial sums are psum'd. No [B, n] array or weight matrix ever crosses devices.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxsae.sae.base import Axes, Buffers, HParams, Params, SAEConfig
+from jaxsae.sae.collectives import all_gather, pmin, psum, shard_offset
+from jaxsae.sae.common import centre, global_rows, pre_activations, total_variance
+
+
+class Selection(NamedTuple):
+    """K latents chosen per row (global over latent shards), sorted by descending score.
+
+    index: [B, K] int32 global latent index.
+    score: [B, K] the stop-gradient pre-activation each was selected by (-inf: a filler, not a candidate).
+    local: [B, K] int32 position in this shard's latent slice (0 where the shard does not own it).
+    owned: [B, K] bool, this latent shard holds the latent.
+    """
+
+    index: jax.Array
+    score: jax.Array
+    local: jax.Array
+    owned: jax.Array
+
+
+def select_top_k(scores: jax.Array, k: int, axes: Axes) -> Selection:
+    """Per-row top-k of scores [B, n_local] over ALL latent shards: local top-k, then a merge of the
+    all-gathered [B, k * shards] candidates."""
+    n_local = scores.shape[1]
+    values, index = jax.lax.top_k(scores, min(k, n_local))
+    index = index + shard_offset(n_local, axes.latent)
+    if axes.latent is not None:
+        values = all_gather(values, axes.latent, gather_axis=1)
+        index = all_gather(index, axes.latent, gather_axis=1)
+        values, position = jax.lax.top_k(values, k)
+        index = jnp.take_along_axis(index, position, axis=1)
+    local = index - shard_offset(n_local, axes.latent)
+    owned = (local >= 0) & (local < n_local)
+    return Selection(index, values, jnp.where(owned, local, 0), owned)
+
+
+def training_pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> tuple[jax.Array | None, jax.Array]:
+    """(pre, scores): scores = stop_gradient(pre) [B, n_local] for selection; pre is the differentiable dense
+    pre-activation for the dense reference path, None on the sparse path (values are recomputed by gather)."""
+    pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
+    return (None if cfg.sparse_decode else pre), jax.lax.stop_gradient(pre)
+
+
+def selected_pre(params: Params, x: jax.Array, pre: jax.Array | None, sel: Selection) -> jax.Array:
+    """Differentiable pre-activations of the selected latents: [B, K], 0 where this shard does not own them.
+
+    pre None (sparse): (x - b_dec) . W_enc[:, i] + b_enc[i] from a gather of the K encoder columns per row.
+    pre [B, n_local] (dense): a lookup in the dense pre-activations.
+    """
+    if pre is None:
+        columns = params["W_enc"].T[sel.local]  # [B, K, d]
+        values = jnp.einsum("bd,bkd->bk", centre(x, params["b_dec"]), columns) + params["b_enc"][sel.local]
+    else:
+        values = jnp.take_along_axis(pre, sel.local, axis=1)
+    return jnp.where(sel.owned, values, 0.0)
+
+
+def scatter_dense(acts: jax.Array, sel: Selection, n_local: int) -> jax.Array:
+    """acts [B, K] (0 where not owned) -> dense latents [B, n_local] on this shard."""
+    rows = jnp.arange(acts.shape[0])[:, None]
+    return jnp.zeros((acts.shape[0], n_local), acts.dtype).at[rows, sel.local].add(jnp.where(sel.owned, acts, 0.0))
+
+
+def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes, sparse: bool) -> jax.Array:
+    """sum_k acts[b, k] W_dec[index[b, k]] over all latent shards: [B, d], without b_dec.
+
+    sparse: a gather of the K decoder rows per row (gradient: scatter-add); dense: scatter to [B, n_local], matmul.
+    """
+    if sparse:
+        partial = jnp.einsum("bk,bkd->bd", jnp.where(sel.owned, acts, 0.0), W_dec[sel.local])
+    else:
+        partial = scatter_dense(acts, sel, W_dec.shape[0]) @ W_dec
+    return psum(partial, axes.latent)
+
+
+def fires(active: jax.Array, sel: Selection, n_local: int) -> jax.Array:
+    """active [B, K] bool -> [n_local] float32 number of local rows each owned latent fired on."""
+    hits = (active & sel.owned).astype(jnp.float32)
+    return jnp.zeros((n_local,), jnp.float32).at[sel.local].add(hits)
+
+
+def slot_mask(k_member: jax.Array, k_slots: int) -> jax.Array:
+    """[1, k_slots] bool: the first k_member of k sorted slots (a member with k < cfg.k masks the rest)."""
+    return (jnp.arange(k_slots) < k_member)[None, :]
+
+
+def batch_top_k(scores: jax.Array, k_member: jax.Array, cfg: SAEConfig, axes: Axes) -> tuple[Selection, jax.Array, jax.Array]:
+    """BatchTopK selection (Bussmann et al. 2024): the B_global * k_member largest positive pre-activations of
+    the whole global batch, found among each row's top C = batchtopk_row_cap * cfg.k candidates.
+
+    scores: [B, n_local] stop-gradient pre-activations.
+    Returns (candidates: Selection with K = C, keep: [B, C] bool, min_kept: [] the smallest kept activation
+    over the global batch, +inf if none is kept; identical on every shard).
+    PERFORMANCE: only the [B, C] candidates are all-gathered (over latent, then over data) and sorted.
+    """
+    candidates = select_top_k(scores, min(cfg.batchtopk_row_cap * cfg.k, cfg.n_latents), axes)
+    pool = jnp.sort(all_gather(candidates.score, axes.data, gather_axis=0).reshape(-1))
+    n_keep = global_rows(scores, axes) * k_member
+    threshold = pool[pool.shape[0] - n_keep]
+    keep = (candidates.score >= threshold) & (candidates.score > 0)
+    min_kept = pmin(jnp.min(jnp.where(keep, candidates.score, jnp.inf)), axes.data)
+    return candidates, keep, min_kept
+
+
+def update_threshold(threshold: jax.Array, min_kept: jax.Array, decay: jax.Array) -> jax.Array:
+    """EMA of the smallest kept activation per batch (BatchTopK inference threshold). A threshold of 0 means
+    'never measured' and takes the first measurement as is (the reference code starts the EMA at 0, which
+    biases it low for ~1/(1-decay) steps); batches with nothing kept leave it unchanged."""
+    min_kept = jax.lax.stop_gradient(min_kept)
+    ema = jnp.where(threshold > 0, decay * threshold + (1.0 - decay) * min_kept, min_kept)
+    return jnp.where(jnp.isfinite(min_kept), ema, threshold)
+
+
+def threshold_encode(params: Params, buffers: Buffers, x: jax.Array) -> jax.Array:
+    """BatchTopK inference: JumpReLU with the scalar EMA threshold, f = ReLU(pre) * [pre > threshold]: [B, n_local]."""
+    pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
+    return jnp.where(pre > buffers["threshold"], jax.nn.relu(pre), 0.0)
+
+
+def auxk_loss(params: Params, buffers: Buffers, x: jax.Array, x_hat: jax.Array, pre: jax.Array | None,
+              scores: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes) -> jax.Array:
+    """AuxK (Gao et al. 2024, sec. A.2): the top cfg.aux_k DEAD latents (buffers["rows_since_fired"] >=
+    cfg.dead_after_rows) of each row reconstruct the main residual e = x - x_hat (stop-gradient):
+    e_hat = sum ReLU(pre_i) W_dec,i over them, WITHOUT b_dec (as in the paper; sparsify adds b_dec).
+
+    Normalised as in EleutherAI sparsify: sum_rows ||e_hat - e||^2 / sum_rows ||x - mean(x)||^2, scaled by
+    min(num_dead / aux_k, 1), weighted by hp["aux_coeff"] (alpha). Rows of fewer than aux_k dead latents pad
+    with zeros. Returns the weighted scalar term.
+    """
+    dead = buffers["rows_since_fired"] >= cfg.dead_after_rows  # [n_local]
+    sel = select_top_k(jnp.where(dead[None, :], scores, -jnp.inf), cfg.aux_k, axes)
+    is_dead = jnp.isfinite(sel.score)
+    acts = jnp.where(is_dead, jax.nn.relu(selected_pre(params, x, pre, sel)), 0.0)
+    e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse=pre is None)
+    residual = jax.lax.stop_gradient(x - x_hat)
+    error = psum(jnp.sum(jnp.square(e_hat - residual)), axes.data)
+    num_dead = psum(jnp.sum(dead.astype(jnp.float32)), axes.latent)
+    scale = jnp.minimum(num_dead / cfg.aux_k, 1.0)
+    return hp["aux_coeff"] * scale * error / jnp.maximum(total_variance(x, axes), 1e-30)

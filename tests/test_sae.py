@@ -1,0 +1,199 @@
+"""SAE architectures: training works, constraints hold, sparse == dense, vmap over members, folding, init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsae.sae import base, constraints
+from jaxsae.sae.base import ARCHITECTURES, Axes, SAEConfig
+from jaxsae.sae.fold import fold_input_scale
+from jaxsae.sae.init import geometric_median
+
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+D, N, K = 32, 128, 8
+
+
+def make_cfg(arch: str, **overrides) -> SAEConfig:
+    return SAEConfig(**{"architecture": arch, "d_model": D, "n_latents": N, "k": K, "k_aux": 12,
+                        "dead_after_rows": 100, **overrides})
+
+
+def make_hp(arch: str, **overrides) -> dict:
+    values = {**base.get(arch).hparam_defaults, **overrides}
+    return {name: jnp.asarray(value, jnp.float32) for name, value in values.items()}
+
+
+def sparse_dictionary_data(key, n_rows=2048, n_true=96, active=4, noise=0.02):
+    """Rows = sparse non-negative combinations of random unit directions + noise, at unit mean squared norm."""
+    k_dir, k_on, k_mag, k_noise = jax.random.split(key, 4)
+    directions = jax.random.normal(k_dir, (n_true, D))
+    directions = directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
+    on = jax.random.bernoulli(k_on, active / n_true, (n_rows, n_true))
+    coeffs = jnp.where(on, jax.random.exponential(k_mag, (n_rows, n_true)) + 0.5, 0.0)
+    x = coeffs @ directions + noise * jax.random.normal(k_noise, (n_rows, D)) + 0.3
+    return x / jnp.sqrt(jnp.mean(jnp.sum(x**2, axis=-1)))
+
+
+def make_member(arch, cfg, key, x, dead_every=3):
+    """(params, buffers) for one member; every `dead_every`-th latent is dead (for AuxK)."""
+    module = base.get(arch)
+    params = module.init(key, cfg, jnp.asarray(geometric_median(np.asarray(x))))
+    dead = (jnp.arange(cfg.n_latents) % dead_every == 0) * (2 * cfg.dead_after_rows)
+    buffers = {**module.init_buffers(cfg), "rows_since_fired": dead.astype(jnp.int32)}
+    if "threshold" in buffers:
+        buffers["threshold"] = jnp.asarray(0.05, jnp.float32)
+    return params, buffers
+
+
+def loss_and_grad(arch, cfg, params, buffers, x, hp, axes=Axes(), with_aux=True, step=100):
+    def f(p):
+        return base.get(arch).loss(p, buffers, x, hp, cfg, axes, jnp.int32(step), with_aux)
+
+    (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return loss, out, grads
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-5, what=""):
+    leaves_a, tree_a = jax.tree.flatten_with_path(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b, f"{what}: tree structures differ: {tree_a} vs {tree_b}"
+    for (path, va), vb in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(np.asarray(va), np.asarray(vb), rtol=rtol, atol=atol,
+                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_loss_decreases_and_decoder_constraint_holds(arch):
+    cfg = make_cfg(arch, k=4)
+    module = base.get(arch)
+    x = sparse_dictionary_data(jax.random.key(0))
+    params, buffers = make_member(arch, cfg, jax.random.key(1), x)
+    buffers["rows_since_fired"] = jnp.zeros((N,), jnp.int32)
+    hp = make_hp(arch, **({"l1_coeff": 0.02} if arch in ("relu", "gated") else {}))
+    optimizer = optax.adam(2e-3)
+    batches = x.reshape(8, -1, D)
+
+    def train_step(carry, i):
+        params, buffers, opt_state = carry
+        (loss, out), grads = jax.value_and_grad(module.loss, has_aux=True)(
+            params, buffers, batches[i % 8], hp, cfg, Axes(), i, False)
+        if module.constrained_decoder:
+            grads = {**grads, "W_dec": constraints.remove_parallel_grad(params["W_dec"], grads["W_dec"])}
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if module.constrained_decoder:
+            params = {**params, "W_dec": constraints.normalise_rows(params["W_dec"])}
+        full_mse = jnp.mean(jnp.sum((batches[i % 8] - out.x_hat) ** 2, axis=-1))
+        return (params, out.buffers, opt_state), (loss, full_mse)
+
+    (params, _, _), (losses, mses) = jax.jit(lambda c: jax.lax.scan(train_step, c, jnp.arange(200)))(
+        (params, buffers, optimizer.init(params)))
+    assert np.all(np.isfinite(losses))
+    assert losses[-10:].mean() < 0.7 * losses[:10].mean(), (losses[:10].mean(), losses[-10:].mean())
+    assert mses[-10:].mean() < 0.5 * mses[:10].mean(), (mses[:10].mean(), mses[-10:].mean())
+    norms = jnp.linalg.norm(params["W_dec"], axis=-1)
+    if module.constrained_decoder:
+        np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    else:
+        assert float(jnp.max(jnp.abs(norms - 0.1))) > 1e-3  # relu: unconstrained, rows started at norm 0.1
+
+
+def test_decoder_projection_helpers():
+    W = jax.random.normal(jax.random.key(0), (3, N, D))
+    g = jax.random.normal(jax.random.key(1), (3, N, D))
+    unit = constraints.normalise_rows(W)
+    np.testing.assert_allclose(jnp.linalg.norm(unit, axis=-1), 1.0, rtol=1e-6)
+    g_perp = constraints.remove_parallel_grad(unit, g)
+    np.testing.assert_allclose(jnp.sum(g_perp * unit, axis=-1), 0.0, atol=1e-5)
+    # A small step along the projected gradient leaves the norm unchanged to first order.
+    step_norms = jnp.linalg.norm(unit - 1e-3 * g_perp, axis=-1)
+    np.testing.assert_allclose(step_norms, 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", TOPK_FAMILY)
+@pytest.mark.parametrize("member_k", [K, 5])
+def test_sparse_path_equals_dense_reference(arch, member_k):
+    x = sparse_dictionary_data(jax.random.key(2), n_rows=64)
+    cfg_sparse, cfg_dense = make_cfg(arch), make_cfg(arch, sparse_decode=False)
+    params, buffers = make_member(arch, cfg_sparse, jax.random.key(3), x)
+    hp = make_hp(arch, k=member_k)
+    sparse = loss_and_grad(arch, cfg_sparse, params, buffers, x, hp)
+    dense = loss_and_grad(arch, cfg_dense, params, buffers, x, hp)
+    assert float(sparse[1].terms["auxk"]) > 0
+    assert_trees_close(sparse, dense, what=f"{arch} sparse vs dense ")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_vmap_over_members_equals_separate_calls(arch):
+    x = sparse_dictionary_data(jax.random.key(4), n_rows=64)
+    cfg = make_cfg(arch, jumprelu_ste_to_input=True)
+    members = [make_member(arch, cfg, jax.random.key(10 + e), x, dead_every=2 + e) for e in range(4)]
+    varied = {"k": [8, 6, 4, 2], "aux_coeff": [1 / 32, 0.1, 0.5, 1.0], "l1_coeff": [0.01, 0.1, 0.3, 1.0],
+              "l0_coeff": [1e-3, 1e-2, 0.1, 0.3], "bandwidth": [1e-3, 0.01, 0.1, 0.3],
+              "threshold_ema_decay": [0.9, 0.99, 0.5, 0.0], "gated_aux_coeff": [1.0, 0.5, 2.0, 0.0],
+              "l1_warmup_steps": [0, 50, 200, 1000], "l0_warmup_steps": [0, 50, 200, 1000]}
+    hps = [make_hp(arch, **{name: v[e] for name, v in varied.items() if name in base.get(arch).hparam_defaults})
+           for e in range(4)]
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
+    params, buffers = stack([m[0] for m in members]), stack([m[1] for m in members])
+
+    def member(p, b, h):
+        return loss_and_grad(arch, cfg, p, b, x, h)
+
+    batched = jax.jit(jax.vmap(member))(params, buffers, stack(hps))
+    separate = stack([member(*members[e], hps[e]) for e in range(4)])
+    assert_trees_close(batched, separate, what=f"{arch} vmap vs separate ")
+    assert len(set(np.asarray(batched[0]).round(6))) == 4
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fold_input_scale(arch):
+    scale = 3.7
+    cfg = make_cfg(arch)
+    module = base.get(arch)
+    x_n = sparse_dictionary_data(jax.random.key(5), n_rows=64)
+    params, buffers = make_member(arch, cfg, jax.random.key(6), x_n)
+    params = {**params, "b_dec": params["b_dec"] + 0.1}
+    hp = make_hp(arch)
+    folded = fold_input_scale(params, arch, scale)
+    x_raw = x_n / scale
+    f_n = module.encode(params, buffers, x_n, hp, cfg, Axes())
+    f_raw = module.encode(folded, buffers, x_raw, hp, cfg, Axes())
+    assert float(jnp.mean(f_n > 0)) > 0
+    np.testing.assert_allclose(f_raw, f_n, rtol=1e-5, atol=1e-5)
+    x_hat_raw = module.decode(folded, f_raw, cfg, Axes())
+    np.testing.assert_allclose(x_hat_raw, module.decode(params, f_n, cfg, Axes()) / scale, rtol=1e-5, atol=1e-6)
+
+
+def test_geometric_median_ignores_far_outlier():
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16) * 3
+    points = centre + rng.normal(size=(200, 16))
+    points = np.concatenate([points, np.full((1, 16), 1e4)])
+    median = geometric_median(points)
+    assert median.shape == (16,)
+    assert np.linalg.norm(median - centre) < 0.5
+    assert np.linalg.norm(points.mean(axis=0) - centre) > 100
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_encode_matches_training_activations(arch):
+    """Inference encode gives the latents the loss decodes (BatchTopK family: with threshold 0 and k = n)."""
+    cfg = make_cfg(arch)
+    module = base.get(arch)
+    x = sparse_dictionary_data(jax.random.key(7), n_rows=64)
+    params, buffers = make_member(arch, cfg, jax.random.key(8), x)
+    hp = make_hp(arch)
+    latents = module.encode(params, buffers, x, hp, cfg, Axes())
+    _, out = module.loss(params, buffers, x, hp, cfg, Axes(), jnp.int32(0), False)
+    x_hat = module.decode(params, latents, cfg, Axes())
+    if arch in ("batchtopk", "matryoshka"):
+        assert float(out.l0) == pytest.approx(K, abs=0.5)
+        assert float(out.buffers["threshold"]) != float(buffers["threshold"])
+    else:
+        np.testing.assert_allclose(x_hat, out.x_hat, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(jnp.sum(latents > 0, axis=0), out.fire_count)
+    if arch == "topk":
+        np.testing.assert_array_equal(jnp.sum(latents > 0, axis=1) <= K, True)
