@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def _cmd_train(args) -> int:
     from jaxsae.train import load_config, train
 
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.exists(config):  # no file given: all overrides
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
     result = train(cfg)
     print(f"run folder:   {result.run_dir}")
     for path in result.dictionaries:

@@ -17,13 +17,17 @@ _LATENT_AXIS_BY_NAME = {"W_enc": 1, "W_dec": 0, "b_dec": None}
 
 
 def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
-    """(data, ens, latent) for `n_devices`; data=0 takes the devices the other axes leave."""
+    """(data, ens, latent) for `n_devices`; data=0 takes the devices the other axes leave.
+
+    An explicit shape may use fewer devices than there are (the first ones) in a single-process run.
+    """
     inner = cfg.ens * cfg.latent
     data = cfg.data or n_devices // inner
-    if data * inner != n_devices:
+    used = data * inner
+    if used < 1 or used > n_devices or n_devices % inner or (used != n_devices and jax.process_count() > 1):
         raise ConfigError(
-            f"mesh: data={cfg.data or 'auto'} x ens={cfg.ens} x latent={cfg.latent} does not use the "
-            f"{n_devices} devices; choose sizes whose product is {n_devices}"
+            f"mesh: data={cfg.data or 'auto'} x ens={cfg.ens} x latent={cfg.latent} does not fit the "
+            f"{n_devices} devices; choose sizes whose product is {n_devices} (or leave mesh.data unset)"
         )
     return data, cfg.ens, cfg.latent
 
@@ -31,7 +35,8 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Explicit,) * 3, devices=devices)
+    used = devices[: int(np.prod(shape))]
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Explicit,) * 3, devices=used)
 
 
 def check_divisibility(mesh: Mesh, sae: SAEConfig, n_members: int, batch_rows: int) -> None:
