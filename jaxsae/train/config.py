@@ -86,12 +86,39 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-process (multi-host) setup; see `jaxsae.train.distributed`. Unset fields fall back to the
+    environment (JAXSAE_COORDINATOR, JAXSAE_NUM_PROCESSES, JAXSAE_PROCESS_ID), then to cluster auto-detection.
+
+    mode:          "auto": initialise when a coordinator is given or a multi-process cluster (SLURM with
+                   several tasks, Open MPI, multi-host TPU/GKE) is detected; "on": always call
+                   `jax.distributed.initialize()` (e.g. on a Cloud TPU pod slice); "off": never.
+    coordinator:   "host:port" of process 0's coordination service.
+    num_processes: processes in the job (0: from the environment).
+    process_id:    this process's index (-1: from the environment).
+    """
+
+    mode: str = "auto"
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+    def __post_init__(self):
+        if self.mode not in ("auto", "on", "off"):
+            raise ConfigError(f"distributed.mode: must be 'auto', 'on' or 'off', got {self.mode!r}")
+        if self.num_processes < 0:
+            raise ConfigError(f"distributed.num_processes: must be >= 0, got {self.num_processes}")
+        if self.process_id < -1 or (self.num_processes and self.process_id >= self.num_processes):
+            raise ConfigError(f"distributed.process_id: must be in [0, num_processes), got {self.process_id}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: E members of one architecture trained together (E = len(members)).
 
     run_dir:      output folder (metrics, checkpoints, dictionaries).
     sae:          static dictionary shape and architecture.
-    data, optim, mesh: see their classes.
+    data, optim, mesh, distributed: see their classes.
     hparams:      per-member hyperparameter defaults of the architecture (keys: the architecture's
                   `hparam_defaults`, e.g. k, l1_coeff, aux_coeff, bandwidth).
     members:      one dict per member overriding `lr`, `seed` or any hparam; default: one member.
@@ -110,6 +137,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     hparams: dict = dataclasses.field(default_factory=dict)
     members: tuple = ({},)
     steps: int | None = None
@@ -188,7 +216,8 @@ def _positive(obj, *names: str) -> None:
             raise ConfigError(f"{prefix}{name}: must be >= 1, got {getattr(obj, name)}")
 
 
-_SECTIONS = {"sae": SAEConfig, "data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig}
+_SECTIONS = {"sae": SAEConfig, "data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig,
+             "distributed": DistributedConfig}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

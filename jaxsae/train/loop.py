@@ -19,10 +19,13 @@ from jaxsae.sae import base as sae_base
 from jaxsae.sae.base import ConfigError
 from jaxsae.sae.init import geometric_median
 from jaxsae.store import StoreError, open_store
+from jaxsae.train import checkpoint as checkpoint_lib
+from jaxsae.train import distributed
 from jaxsae.train import mesh as mesh_lib
 from jaxsae.train import metrics as metrics_lib
 from jaxsae.train import run_folder
 from jaxsae.train.config import TrainConfig
+from jaxsae.train.lock import RunLock, RunLockedError
 from jaxsae.train.step import TrainState, hparam_arrays, init_state, make_train_step, state_specs
 
 GEOMETRIC_MEDIAN_ROWS = 4096
@@ -123,17 +126,43 @@ def _to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    """Train `cfg.n_members` dictionaries on `cfg.data.store`; write them and the metrics to `cfg.run_dir`."""
+def train(cfg: TrainConfig, *, stop_after: int | None = None) -> RunResult:
+    """Train `cfg.n_members` dictionaries on `cfg.data.store`; write them and the metrics to `cfg.run_dir`.
+
+    A run folder holding checkpoints of an unfinished run resumes from its newest complete checkpoint (same
+    config; any device count or mesh shape). stop_after: leave after that many steps in total with a
+    checkpoint there and without final dictionaries (for time-limited jobs; call again to go on).
+    """
+    distributed.initialize(cfg.distributed)  # before any other JAX call
     store, mesh = validate(cfg)
     order = make_order(cfg, store)
     is_writer = jax.process_index() == 0
-    if is_writer:
-        run_folder.prepare(cfg.run_dir, cfg.to_dict())
+    lock = _lock_run_folder(cfg.run_dir, is_writer)
+    try:
+        if is_writer:
+            run_folder.prepare(cfg.run_dir, cfg.to_dict())
+        checkpoints = checkpoint_lib.RunCheckpoints(cfg.run_dir, keep=cfg.keep_checkpoints)
+        try:
+            return _train_loop(cfg, store, mesh, order, checkpoints, is_writer, stop_after)
+        finally:
+            checkpoints.close()
+    finally:
+        if lock is not None:
+            lock.release()
 
-    scale = input_scale(cfg, store)
-    state = init_state(cfg, mesh, initial_b_dec(store, order, scale), scale)
-    stream_state = StreamState()
+
+def _train_loop(cfg: TrainConfig, store, mesh, order, checkpoints, is_writer: bool,
+                stop_after: int | None) -> RunResult:
+    restored = checkpoints.restore_latest(checkpoint_lib.abstract_state(cfg, mesh))
+    if restored is None:
+        scale = input_scale(cfg, store)
+        state = init_state(cfg, mesh, initial_b_dec(store, order, scale), scale)
+        stream_state, start = StreamState(), 0
+    else:
+        state, stream_state, start = restored.state, restored.stream, restored.step
+    # Records past the restored step would be written again: drop them (no step appears twice).
+    kept_records = checkpoint_lib.truncate_metrics(cfg.run_dir, start) if is_writer else []
+    end = cfg.num_steps if stop_after is None else min(cfg.num_steps, stop_after)
 
     step_fn = make_train_step(cfg, mesh, state)
     hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
@@ -144,14 +173,15 @@ def train(cfg: TrainConfig) -> RunResult:
                         donate_argnums=0)
 
     writer = metrics_lib.MetricsWriter(cfg.run_dir, cfg.tensorboard) if is_writer else None
-    progress = _progress(cfg, is_writer)
-    last_records: list[dict] = []
+    progress = _progress(cfg, is_writer, start)
+    last_step = max((r["step"] for r in kept_records), default=None)
+    last_records: list[dict] = [r for r in kept_records if r["step"] == last_step]
     in_flight: collections.deque = collections.deque()
-    t_log, rows_at_log = time.perf_counter(), 0
+    t_log, rows_at_log = time.perf_counter(), start * cfg.data.batch_rows
     stream = ActivationStream(store, order, streams=process_streams(order), state=stream_state,
                               prefetch=cfg.data.prefetch)
     try:
-        for step in range(int(jax.device_get(state.step)), cfg.num_steps):
+        for step in range(start, end):
             x = place_batch(next(stream), mesh, cfg.data.batch_rows)
             state, step_metrics = step_fn(state, x, hp)
             # Bound how far the host runs ahead of the device without syncing every step.
@@ -174,18 +204,43 @@ def train(cfg: TrainConfig) -> RunResult:
                 if progress is not None:
                     m = last_records[0]
                     progress.set_postfix(rows_s=f"{rate:,.0f}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done in (end, cfg.num_steps):
+                # Returns once the arrays are copied off the device; files are written in the background.
+                checkpoints.save(done, state, stream.state, cfg.to_dict())
     finally:
         stream.close()
         if progress is not None:
             progress.close()
         if writer is not None:
             writer.close()
+    if end < cfg.num_steps:
+        return RunResult(cfg.run_dir, [], last_records, cfg.data.store)
 
+    checkpoints.wait()
     dictionaries = save_all(cfg, state, store, last_records) if is_writer else []
     if is_writer:
         run_folder.mark_complete(cfg.run_dir, {"steps": cfg.num_steps, "dictionaries": dictionaries,
                                                "store": os.path.abspath(cfg.data.store)})
     return RunResult(cfg.run_dir, dictionaries, last_records, cfg.data.store)
+
+
+def _lock_run_folder(run_dir: str, is_writer: bool) -> RunLock | None:
+    """Process 0 locks the run folder; every process learns whether it succeeded (and all refuse if not)."""
+    lock, error = None, None
+    if is_writer:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunLockedError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            raise RunLockedError(f"run_dir: {run_dir} is in use by another trainer (see process 0's message)")
+    if error is not None:
+        raise error
+    return lock
 
 
 def save_all(cfg: TrainConfig, state: TrainState, store, records: list[dict]) -> list[str]:
@@ -205,12 +260,13 @@ def save_all(cfg: TrainConfig, state: TrainState, store, records: list[dict]) ->
     return paths
 
 
-def _progress(cfg: TrainConfig, is_writer: bool):
+def _progress(cfg: TrainConfig, is_writer: bool, start: int = 0):
     if not (cfg.progress and is_writer):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.num_steps, unit="step", dynamic_ncols=True, desc=f"train {cfg.sae.architecture}")
+    return tqdm(total=cfg.num_steps, initial=start, unit="step", dynamic_ncols=True,
+                desc=f"train {cfg.sae.architecture}")
 
 
 fit = train

@@ -204,7 +204,7 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) ->
         err = x[None] - out.x_hat  # [E, B, d]
         sse = col.psum(jnp.sum(err * err, axis=(1, 2)), axes.data)
         mean = col.psum(jnp.sum(x, axis=0), axes.data) / rows_global
-        total_var = col.psum(jnp.sum((x - mean) ** 2), axes.data)
+        total_var = col.psum(jnp.sum((x - mean[None, :]) ** 2), axes.data)
         row_ev = 1.0 - jnp.var(err, axis=2) / jnp.maximum(jnp.var(x, axis=1), 1e-12)[None]
         ev = col.psum(jnp.sum(row_ev, axis=1), axes.data) / rows_global
         step_metrics = {"loss": loss, "fvu": sse / jnp.maximum(total_var, 1e-12), "explained_variance": ev,
