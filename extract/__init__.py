@@ -1,0 +1,16 @@
+"""PyTorch side of jaxsae: tokenisers, model loaders, hooks and resumable extraction into activation stores.
+
+Public API:
+    extract.run.extract(adata_path, model_path, out_dir, layers=[...], **ExtractConfig fields) -> {layer: store}
+    extract.run.ExtractConfig        extraction settings
+    extract.models.load_model(dir)   Geneformer (HF folder) or scGPT (args.json, vocab.json, best_model.pt)
+    extract.tokenize                 GeneformerTokenizer, ScGPTTokenizer
+    extract.demo.prepare_demo(cache_dir) -> (adata_path, model_dir)
+    extract.cli.add_extract_parser / run_extract_cli   the `jaxsae extract` verb
+    extract.errors.ExtractError      every refusal of bad input
+Modules import torch lazily through their own imports; `import extract` alone does not.
+"""
+
+from extract.errors import ExtractError
+
+__all__ = ["ExtractError"]

@@ -1,0 +1,92 @@
+"""`jaxsae extract`: argument parser and runner (thin: one call to `extract.run.extract`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from extract.errors import ExtractError
+
+_HELP = {
+    "counts_layer": "where the raw counts are: X (default), raw (adata.raw.X) or a layers key",
+    "gene_column": "var column with gene ids (Ensembl for Geneformer, symbols for scGPT); default: "
+                   "var['ensembl_id'] or the index",
+    "batch_size": "cells per forward pass",
+    "cells_per_commit": "cells per commit window (resume granularity)",
+    "include_special_tokens": "also write <cls>/<eos> rows to the token stores",
+    "cell_embeddings": "write cell_mean / cell_cls stores",
+    "store_dtype": "stored activation dtype: float32 or bfloat16",
+    "compute_dtype": "bfloat16 runs the model under autocast (GPU)",
+    "device": "auto, cpu, cuda, cuda:N",
+    "shard_rows": "store rows per shard (write unit)",
+    "chunk_rows": "store rows per chunk (read unit)",
+    "overwrite": "replace stores that hold a different extraction",
+    "progress_bar": "show a tqdm progress bar",
+    "model_input_size": "Geneformer input length (default: the model's max_position_embeddings)",
+    "max_seq_len": "scGPT max sequence length incl. <cls> (default: args.json)",
+    "n_hvg": "scGPT highly variable genes: 'args' (args.json), 'none' or a number",
+    "hvg_flavor": "scanpy HVG flavor (seurat_v3 needs scikit-misc; seurat works without)",
+    "include_zero_genes": "scGPT: feed all kept genes, zeros included",
+    "seed": "seed of scGPT's gene subsampling for cells longer than max_seq_len",
+    "token_dictionary": "Geneformer token dictionary .pkl if not in the model folder",
+    "gene_median_dictionary": "Geneformer gene median dictionary .pkl if not in the model folder",
+    "gene_name_dictionary": "Geneformer gene name -> Ensembl dictionary .pkl if not in the model folder",
+}
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, found {text!r}") from None
+
+
+def _n_hvg(text: str):
+    if text in ("args", "none", "None"):
+        return None if text.lower() == "none" else "args"
+    return int(text)
+
+
+def add_extract_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `extract` verb to an argparse subparsers object; returns its parser."""
+    from extract.run import ExtractConfig
+
+    parser = subparsers.add_parser(
+        "extract",
+        help="AnnData of raw counts + model folder -> activation stores",
+        description="Extract per-token and per-cell activations of a Geneformer or scGPT model into activation "
+                    "stores, one per layer and kind. Rerunning the same command resumes an interrupted run.",
+    )
+    parser.add_argument("adata", help=".h5ad file with raw integer counts")
+    parser.add_argument("model", help="model folder (Geneformer: config.json + weights + dictionaries; "
+                                      "scGPT: args.json, vocab.json, best_model.pt)")
+    parser.add_argument("out_dir", help="output folder (layer_{L}/{tokens,cell_mean,cell_cls})")
+    parser.add_argument("--layers", type=_layers, default=[-1],
+                        help="comma-separated block indices, negative from the end (default: -1)")
+    for field in dataclasses.fields(ExtractConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=_HELP[field.name])
+        elif field.name == "n_hvg":
+            parser.add_argument(flag, type=_n_hvg, default=field.default, help=_HELP[field.name])
+        else:
+            kind = int if "int" in str(field.type) else str
+            parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name])
+    return parser
+
+
+def run_extract_cli(args: argparse.Namespace) -> int:
+    """Run the `extract` verb from parsed arguments; prints the token store of each layer. Returns an exit code."""
+    from extract.run import ExtractConfig, extract
+
+    try:
+        config = ExtractConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig)})
+        stores = extract(args.adata, args.model, args.out_dir, layers=args.layers, config=config)
+    except ExtractError as err:
+        print(f"jaxsae extract: error: {err}", file=sys.stderr)
+        return 2
+    for layer, path in stores.items():
+        print(f"layer {layer}: {path}")
+    return 0
