@@ -48,11 +48,16 @@ def make_member(arch, cfg, key, x, dead_every=3):
 
 
 def loss_and_grad(arch, cfg, params, buffers, x, hp, axes=Axes(), with_aux=True, step=100):
+    """(loss, LossOut, grads) of one member; x: [B, d]."""
     def f(p):
         return base.get(arch).loss(p, buffers, x, hp, cfg, axes, jnp.int32(step), with_aux)
 
     (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params)
     return loss, out, grads
+
+
+def jitted_loss_and_grad(arch, cfg):
+    return jax.jit(lambda params, buffers, x, hp: loss_and_grad(arch, cfg, params, buffers, x, hp))
 
 
 def assert_trees_close(a, b, rtol=2e-5, atol=2e-5, what=""):
@@ -119,8 +124,8 @@ def test_sparse_path_equals_dense_reference(arch, member_k):
     cfg_sparse, cfg_dense = make_cfg(arch), make_cfg(arch, sparse_decode=False)
     params, buffers = make_member(arch, cfg_sparse, jax.random.key(3), x)
     hp = make_hp(arch, k=member_k)
-    sparse = loss_and_grad(arch, cfg_sparse, params, buffers, x, hp)
-    dense = loss_and_grad(arch, cfg_dense, params, buffers, x, hp)
+    sparse = jitted_loss_and_grad(arch, cfg_sparse)(params, buffers, x, hp)
+    dense = jitted_loss_and_grad(arch, cfg_dense)(params, buffers, x, hp)
     assert float(sparse[1].terms["auxk"]) > 0
     assert_trees_close(sparse, dense, what=f"{arch} sparse vs dense ")
 
@@ -139,11 +144,9 @@ def test_vmap_over_members_equals_separate_calls(arch):
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
     params, buffers = stack([m[0] for m in members]), stack([m[1] for m in members])
 
-    def member(p, b, h):
-        return loss_and_grad(arch, cfg, p, b, x, h)
-
-    batched = jax.jit(jax.vmap(member))(params, buffers, stack(hps))
-    separate = stack([member(*members[e], hps[e]) for e in range(4)])
+    member = jitted_loss_and_grad(arch, cfg)
+    batched = jax.jit(jax.vmap(member, in_axes=(0, 0, None, 0)))(params, buffers, x, stack(hps))
+    separate = stack([member(*members[e], x, hps[e]) for e in range(4)])
     assert_trees_close(batched, separate, what=f"{arch} vmap vs separate ")
     assert len(set(np.asarray(batched[0]).round(6))) == 4
 

@@ -117,7 +117,9 @@ def batch_top_k(scores: jax.Array, k_member: jax.Array, cfg: SAEConfig, axes: Ax
     n_keep = global_rows(scores, axes) * k_member
     threshold = pool[pool.shape[0] - n_keep]
     keep = (candidates.score >= threshold) & (candidates.score > 0)
-    min_kept = pmin(jnp.min(jnp.where(keep, candidates.score, jnp.inf)), axes.data)
+    # Identical on every latent shard already; the pmin over latent only tells JAX so (the gathered
+    # candidates are typed per-shard), so the threshold buffer can stay replicated.
+    min_kept = pmin(pmin(jnp.min(jnp.where(keep, candidates.score, jnp.inf)), axes.data), axes.latent)
     return candidates, keep, min_kept
 
 
