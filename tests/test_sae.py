@@ -118,7 +118,7 @@ def test_decoder_projection_helpers():
 
 
 @pytest.mark.parametrize("arch", TOPK_FAMILY)
-@pytest.mark.parametrize("member_k", [K, 5])
+@pytest.mark.parametrize("member_k", [pytest.param(K, marks=pytest.mark.slow), 5])
 def test_sparse_path_equals_dense_reference(arch, member_k):
     x = sparse_dictionary_data(jax.random.key(2), n_rows=64)
     cfg_sparse, cfg_dense = make_cfg(arch), make_cfg(arch, sparse_decode=False)

@@ -55,8 +55,14 @@ def sharded_loss_and_grad(arch, cfg, mesh, params, buffers, x, hp):
     return fn, fn(*(put(mesh, a, s) for a, s in zip((params, buffers, hp, x), in_specs)))
 
 
-@pytest.mark.parametrize("mesh_name", MESHES)
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+def mesh_cases():
+    """Every architecture on every mesh; the fast run keeps the mesh that splits both axes, plus TopK on all."""
+    return [pytest.param(arch, mesh_name, id=f"{arch}-{mesh_name}",
+                         marks=() if mesh_name == "data2_latent4" or arch == "topk" else pytest.mark.slow)
+            for arch in ARCHITECTURES for mesh_name in MESHES]
+
+
+@pytest.mark.parametrize("arch,mesh_name", mesh_cases())
 def test_sharded_equals_unsharded(arch, mesh_name):
     cfg = make_cfg(arch, jumprelu_ste_to_input=True)
     x = sparse_dictionary_data(jax.random.key(9), n_rows=B)
@@ -68,6 +74,7 @@ def test_sharded_equals_unsharded(arch, mesh_name):
     assert_trees_close(got, expected, rtol=5e-5, atol=5e-5, what=f"{arch} on {mesh_name}: ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["topk", "matryoshka"])
 def test_sharded_dense_reference_path(arch):
     cfg = make_cfg(arch, sparse_decode=False)
@@ -88,7 +95,7 @@ def all_gather_shapes(hlo: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.parametrize("mesh_name", ["latent8", "data2_latent4"])
+@pytest.mark.parametrize("mesh_name", ["latent8", pytest.param("data2_latent4", marks=pytest.mark.slow)])
 def test_latent_sharded_topk_gathers_only_candidates(mesh_name):
     cfg = make_cfg("topk")
     x = sparse_dictionary_data(jax.random.key(9), n_rows=B)

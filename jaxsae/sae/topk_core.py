@@ -53,6 +53,12 @@ def select_top_k(scores: jax.Array, k: int, axes: Axes) -> Selection:
     return Selection(index, values, jnp.where(owned, local, 0), owned)
 
 
+def gather_rows(table: jax.Array, index: jax.Array) -> jax.Array:
+    """table[index] for in-range indices (Selection.local always is): [n, ...], [B, K] -> [B, K, ...].
+    PERFORMANCE: promise_in_bounds drops the bounds handling from the gather and its scatter-add gradient."""
+    return table.at[index].get(mode="promise_in_bounds")
+
+
 def training_pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> tuple[jax.Array | None, jax.Array]:
     """(pre, scores): scores = stop_gradient(pre) [B, n_local] for selection; pre is the differentiable dense
     pre-activation for the dense reference path, None on the sparse path (values are recomputed by gather)."""
@@ -67,17 +73,18 @@ def selected_pre(params: Params, x: jax.Array, pre: jax.Array | None, sel: Selec
     pre [B, n_local] (dense): a lookup in the dense pre-activations.
     """
     if pre is None:
-        columns = params["W_enc"].T[sel.local]  # [B, K, d]
-        values = jnp.einsum("bd,bkd->bk", centre(x, params["b_dec"]), columns) + params["b_enc"][sel.local]
+        columns = gather_rows(params["W_enc"].T, sel.local)  # [B, K, d]
+        values = jnp.einsum("bd,bkd->bk", centre(x, params["b_dec"]), columns) + gather_rows(params["b_enc"], sel.local)
     else:
-        values = jnp.take_along_axis(pre, sel.local, axis=1)
+        values = jnp.take_along_axis(pre, sel.local, axis=1, mode="promise_in_bounds")
     return jnp.where(sel.owned, values, 0.0)
 
 
 def scatter_dense(acts: jax.Array, sel: Selection, n_local: int) -> jax.Array:
     """acts [B, K] (0 where not owned) -> dense latents [B, n_local] on this shard."""
     rows = jnp.arange(acts.shape[0])[:, None]
-    return jnp.zeros((acts.shape[0], n_local), acts.dtype).at[rows, sel.local].add(jnp.where(sel.owned, acts, 0.0))
+    dense = jnp.zeros((acts.shape[0], n_local), acts.dtype)
+    return dense.at[rows, sel.local].add(jnp.where(sel.owned, acts, 0.0), mode="promise_in_bounds")
 
 
 def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes, sparse: bool) -> jax.Array:
@@ -86,7 +93,7 @@ def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes
     sparse: a gather of the K decoder rows per row (gradient: scatter-add); dense: scatter to [B, n_local], matmul.
     """
     if sparse:
-        partial = jnp.einsum("bk,bkd->bd", jnp.where(sel.owned, acts, 0.0), W_dec[sel.local])
+        partial = jnp.einsum("bk,bkd->bd", jnp.where(sel.owned, acts, 0.0), gather_rows(W_dec, sel.local))
     else:
         partial = scatter_dense(acts, sel, W_dec.shape[0]) @ W_dec
     return psum(partial, axes.latent)
@@ -95,7 +102,7 @@ def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes
 def fires(active: jax.Array, sel: Selection, n_local: int) -> jax.Array:
     """active [B, K] bool -> [n_local] float32 number of local rows each owned latent fired on."""
     hits = (active & sel.owned).astype(jnp.float32)
-    return jnp.zeros((n_local,), jnp.float32).at[sel.local].add(hits)
+    return jnp.zeros((n_local,), jnp.float32).at[sel.local].add(hits, mode="promise_in_bounds")
 
 
 def slot_mask(k_member: jax.Array, k_slots: int) -> jax.Array:
