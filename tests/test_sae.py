@@ -69,9 +69,9 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-5, what=""):
                                    err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_loss_decreases_and_decoder_constraint_holds(arch):
-    cfg = make_cfg(arch, k=4)
+@pytest.mark.parametrize("arch,penalty", [(arch, "l0") for arch in ARCHITECTURES] + [("jumprelu", "tanh")])
+def test_loss_decreases_and_decoder_constraint_holds(arch, penalty):
+    cfg = make_cfg(arch, k=4, jumprelu_penalty=penalty)
     module = base.get(arch)
     x = sparse_dictionary_data(jax.random.key(0))
     params, buffers = make_member(arch, cfg, jax.random.key(1), x)
@@ -200,3 +200,59 @@ def test_encode_matches_training_activations(arch):
         np.testing.assert_allclose(jnp.sum(latents > 0, axis=0), out.fire_count)
     if arch == "topk":
         np.testing.assert_array_equal(jnp.sum(latents > 0, axis=1) <= K, True)
+
+
+def test_batchtopk_keeps_the_global_top_bk():
+    """With enough per-row candidates the selection is exactly the B*k largest positive pre-activations."""
+    from jaxsae.sae import batchtopk, topk_core
+
+    cfg = make_cfg("batchtopk", batchtopk_row_cap=16)
+    x = sparse_dictionary_data(jax.random.key(11), n_rows=64)
+    params, buffers = make_member("batchtopk", cfg, jax.random.key(12), x)
+    hp = make_hp("batchtopk", k=5)
+    _, _, candidates, acts, new_buffers = batchtopk.select(params, buffers, x, hp, cfg, Axes())
+    dense = topk_core.scatter_dense(acts, candidates, N)
+    pre = (x - params["b_dec"][None, :]) @ params["W_enc"] + params["b_enc"][None, :]
+    kth = jnp.sort(pre.reshape(-1))[-64 * 5]
+    np.testing.assert_allclose(dense, jnp.where(pre >= kth, jax.nn.relu(pre), 0.0), rtol=1e-5, atol=1e-5)
+    assert int(jnp.sum(dense > 0)) == 64 * 5
+    np.testing.assert_allclose(new_buffers["threshold"], 0.99 * 0.05 + 0.01 * kth, rtol=1e-5)
+
+
+def test_matryoshka_prefix_losses_use_only_leading_latents():
+    from jaxsae.sae import batchtopk, matryoshka, topk_core
+
+    cfg = make_cfg("matryoshka", matryoshka_prefixes=(16, 40, N))
+    x = sparse_dictionary_data(jax.random.key(13), n_rows=64)
+    params, buffers = make_member("matryoshka", cfg, jax.random.key(14), x)
+    hp = make_hp("matryoshka")
+    loss, out = matryoshka.loss(params, buffers, x, hp, cfg, Axes(), jnp.int32(0), False)
+    _, _, candidates, acts, _ = batchtopk.select(params, buffers, x, hp, cfg, Axes())
+    dense = topk_core.scatter_dense(acts, candidates, N)
+    per_prefix = [jnp.mean(jnp.sum((x - dense[:, :m] @ params["W_dec"][:m] - params["b_dec"][None, :]) ** 2, axis=-1))
+                  for m in cfg.prefixes]
+    np.testing.assert_allclose(loss, np.mean(per_prefix), rtol=1e-5)
+    assert len(set(np.round(per_prefix, 6))) == len(cfg.prefixes)
+    # One prefix covering the whole dictionary is BatchTopK.
+    single = make_cfg("matryoshka", matryoshka_prefixes=(N,))
+    reference, _ = batchtopk.loss(params, buffers, x, hp, single, Axes(), jnp.int32(0), False)
+    np.testing.assert_allclose(matryoshka.loss(params, buffers, x, hp, single, Axes(), jnp.int32(0), False)[0],
+                               reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ste_to_input", [False, True])
+def test_jumprelu_pseudo_derivatives(ste_to_input):
+    """Rectangle-kernel STE (Rajamanoharan et al. 2024, eq. 11-12) on hand-made pre-activations."""
+    from jaxsae.sae.jumprelu import heaviside, jump_relu
+
+    z = jnp.array([[0.1, 0.5, 0.52, 0.9], [0.45, 0.51, 0.7, -0.2]])
+    theta = jnp.full((1, 4), 0.5)
+    eps = jnp.asarray(0.1)
+    in_window = (jnp.abs(z - theta) < eps / 2).astype(jnp.float32)  # 0.5, 0.52, 0.51 (0.45 is on the edge)
+    dz, dtheta, deps = jax.grad(lambda *a: jump_relu(*a).sum(), argnums=(0, 1, 2))(z, theta, eps)
+    np.testing.assert_allclose(dz, (z > theta).astype(jnp.float32))
+    np.testing.assert_allclose(dtheta, -jnp.sum(in_window * theta / eps, axis=0, keepdims=True), rtol=1e-6)
+    assert float(deps) == 0.0
+    dz, dtheta = jax.grad(lambda z, t: heaviside(z, t, eps, ste_to_input).sum(), argnums=(0, 1))(z, theta)
+    np.testing.assert_allclose(dtheta, -jnp.sum(in_window / eps, axis=0, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(dz, in_window / eps if ste_to_input else 0.0, rtol=1e-6)
