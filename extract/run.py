@@ -233,22 +233,21 @@ def write_batch(stores: _Stores, batch: Batch, hidden: dict[int, torch.Tensor], 
     n_cells = len(batch.cell_index)
     cell_meta = {"cell_index": batch.cell_index}
     cls_meta = {**cell_meta, "token_id": batch.input_ids[:, 0], "position": np.zeros(n_cells, np.int64)}
-    gene_mask = None
-    index = (torch.from_numpy(rows_b), torch.from_numpy(rows_pos))
-    for (layer, kind), writer in stores.writers.items():
-        if stores.cells_done[(layer, kind)] >= window_end:
+    pool = (batch.gene_mask / batch.gene_mask.sum(1, keepdims=True)).astype(np.float32)  # [B, L] pooling weights
+    for layer in sorted({layer for layer, _ in stores.writers}):
+        pending = [kind for (lyr, kind) in stores.writers if lyr == layer
+                   and stores.cells_done[(lyr, kind)] < window_end and (kind != "cell_cls" or has_cls)]
+        if not pending:
             continue
-        states = hidden[layer]
-        if kind == "tokens":
-            acts = states[index[0].to(states.device), index[1].to(states.device)]
-            writer.append(acts.float().cpu().numpy(), **token_meta)
-        elif kind == "cell_mean":
-            if gene_mask is None:
-                gene_mask = torch.from_numpy(batch.gene_mask).to(states.device, torch.float32)
-            summed = (states.float() * gene_mask[..., None]).sum(1)
-            writer.append((summed / gene_mask.sum(1, keepdim=True)).cpu().numpy(), **cell_meta)
-        elif kind == "cell_cls" and has_cls:
-            writer.append(states[:, 0].float().cpu().numpy(), **cls_meta)
+        states = hidden[layer].float().cpu().numpy()  # [B, L, d]; one device->host copy per layer
+        for kind in pending:
+            writer = stores.writers[(layer, kind)]
+            if kind == "tokens":
+                writer.append(states[rows_b, rows_pos], **token_meta)
+            elif kind == "cell_mean":
+                writer.append(np.einsum("bl,bld->bd", pool, states), **cell_meta)
+            else:
+                writer.append(states[:, 0], **cls_meta)
 
 
 def extract(

@@ -1,0 +1,107 @@
+"""Benchmark: extraction throughput (cells/s) vs a bare forward pass of the same model on the same batches.
+
+    python experiments/bench_extract.py [--cells 1000] [--genes 2000] [--n-layers 4] [--d-model 128] [--device auto]
+
+Both sides run in this process on the same random Geneformer (saved and loaded through the public loader)
+and the same cells. The baseline is the least work that yields the activations: tokenised batches built
+beforehand (same length-sorted windows and batch size as extraction), then `model.encode` (embeddings +
+blocks, no MLM head) under inference mode. Extraction is the whole `extract()` call: model load, counts
+scan, AnnData hash, tokenisation, hooks on the chosen layers, row gathering and store writes/commits.
+Overhead = extraction time / forward time - 1 (target <= 10%). Each side runs --repeats times; the best
+time is reported (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extract.counts import CountSource
+from extract.models import load_model
+from extract.run import ExtractConfig, extract, forward_batch, make_batch
+from extract.testing import write_counts_h5ad, write_geneformer_folder
+
+
+def bare_forward(model, batches, layers, config) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        ids = torch.from_numpy(batch.input_ids).to(model.device)
+        mask = torch.from_numpy(batch.attention_mask).to(model.device)
+        autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == "bfloat16")
+        with torch.inference_mode(), autocast:
+            out = model.encode(ids, None, mask)
+        float(out[0, 0, 0])  # wait for the device
+    return time.perf_counter() - started
+
+
+def prepare_batches(model, adata_path, config):
+    """The batches extraction builds: windows of cells_per_commit, sorted by length, batch_size cells each."""
+    batches = []
+    with CountSource(adata_path) as source:
+        tokenizer = model.make_tokenizer(source.var)
+        for lo in range(0, source.n_cells, config.cells_per_commit):
+            hi = min(lo + config.cells_per_commit, source.n_cells)
+            counts = source.rows(lo, hi)
+            keep = np.flatnonzero(tokenizer.plan.n_expressed(counts) > 0)
+            cells = lo + keep
+            tokens = tokenizer(counts[keep], cells)
+            order = np.lexsort((cells, -tokenizer.n_genes(counts[keep])))
+            for b in range(0, len(order), config.batch_size):
+                batches.append(make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, 0.0, False))
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=500)
+    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--mean-count", type=float, default=0.1, help="mean Poisson rate scale per gene")
+    parser.add_argument("--n-layers", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers", default="1,2", help="layers extracted (comma-separated)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compute-dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    layers = [int(x) for x in args.layers.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    try:
+        genes = [f"ENSG{n:011d}" for n in range(args.genes)]
+        adata_path = write_counts_h5ad(work / "cells.h5ad", args.cells, genes, mean=args.mean_count, seed=1)
+        model_dir = write_geneformer_folder(work / "model", genes, n_layers=args.n_layers, d_model=args.d_model,
+                                            n_heads=4, d_ff=2 * args.d_model, max_positions=2048)
+        config = ExtractConfig(batch_size=args.batch_size, device=args.device, compute_dtype=args.compute_dtype,
+                               progress_bar=False)
+        model = load_model(model_dir, device=args.device)
+        batches = prepare_batches(model, adata_path, config)
+        n_cells = sum(len(b.cell_index) for b in batches)
+        n_tokens = int(sum(b.gene_mask.sum() for b in batches))
+        forward_batch(model, batches[0], layers, config)  # warm-up
+        forward_times, extract_times = [], []
+        for repeat in range(args.repeats):  # interleaved, so load from other processes hits both sides alike
+            forward_times.append(bare_forward(model, batches, layers, config))
+            out = work / f"out{repeat}"
+            started = time.perf_counter()
+            extract(adata_path, model_dir, out, layers=layers, config=config)
+            extract_times.append(time.perf_counter() - started)
+            shutil.rmtree(out)
+        forward_s, extract_s = min(forward_times), min(extract_times)
+        print(f"device={model.device} cells={n_cells} gene tokens={n_tokens} (mean {n_tokens / n_cells:.0f}/cell) "
+              f"model: {args.n_layers} layers, d={args.d_model}; layers extracted {layers}; batch {args.batch_size}")
+        print(f"bare forward : {forward_s:7.2f} s  {n_cells / forward_s:8.1f} cells/s")
+        print(f"extraction   : {extract_s:7.2f} s  {n_cells / extract_s:8.1f} cells/s "
+              f"({len(layers)} token stores + cell stores)")
+        print(f"extraction / forward time = {extract_s / forward_s:.3f}  (overhead {100 * (extract_s / forward_s - 1):+.1f}%)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
