@@ -140,9 +140,10 @@ def update_threshold(threshold: jax.Array, min_kept: jax.Array, decay: jax.Array
 
 
 def threshold_encode(params: Params, buffers: Buffers, x: jax.Array) -> jax.Array:
-    """BatchTopK inference: JumpReLU with the scalar EMA threshold, f = ReLU(pre) * [pre > threshold]: [B, n_local]."""
+    """BatchTopK inference: JumpReLU with the scalar EMA threshold, f = ReLU(pre) * [pre > threshold]: [B, n_local].
+    buffers["threshold"]: [] (a one-element array, as a file may store it, is accepted too)."""
     pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
-    return jnp.where(pre > buffers["threshold"], jax.nn.relu(pre), 0.0)
+    return jnp.where(pre > jnp.reshape(buffers["threshold"], ()), jax.nn.relu(pre), 0.0)
 
 
 def auxk_loss(params: Params, buffers: Buffers, x: jax.Array, x_hat: jax.Array, pre: jax.Array | None,
