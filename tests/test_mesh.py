@@ -92,7 +92,7 @@ def _all_gather_shapes(hlo: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 8), (2, 1, 4)])
+@pytest.mark.parametrize("shape", [(1, 1, 8), pytest.param((2, 1, 4), marks=pytest.mark.slow)])
 def test_latent_sharded_topk_step_gathers_no_activations_or_weights(shape):
     n, d, b = 512, 24, 48  # sizes that cannot be confused with any candidate array's
     cfg = make_config({
