@@ -30,7 +30,9 @@ def fold_input_scale(params: dict[str, Any], arch_name: str, scale: Any) -> dict
     scale: a positive scalar, or one per member broadcastable against the leading axes (shape [E] for a stack).
     """
     if arch_name not in _EXPECTED:
-        raise ConfigError(f"fold_input_scale: unknown architecture {arch_name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise ConfigError(
+            f"fold_input_scale: unknown architecture {arch_name!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
     if set(params) != _EXPECTED[arch_name]:
         raise ValueError(
             f"fold_input_scale: {arch_name} parameters should be {sorted(_EXPECTED[arch_name])}, got {sorted(params)}"

@@ -15,7 +15,6 @@ update) is the trainer's job.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
 from jaxsae.sae.common import decode, decoder_norms, dense_firing, latent_row_mean, mse, pre_activations, warmup

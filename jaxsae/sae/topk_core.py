@@ -112,7 +112,8 @@ def slot_mask(k_member: jax.Array, k_slots: int) -> jax.Array:
     return (jnp.arange(k_slots) < k_member)[None, :]
 
 
-def batch_top_k(scores: jax.Array, k_member: jax.Array, cfg: SAEConfig, axes: Axes) -> tuple[Selection, jax.Array, jax.Array]:
+def batch_top_k(scores: jax.Array, k_member: jax.Array, cfg: SAEConfig,
+                axes: Axes) -> tuple[Selection, jax.Array, jax.Array]:
     """BatchTopK selection (Bussmann et al. 2024): the B_global * k_member largest positive pre-activations of
     the whole global batch, found among each row's top C = batchtopk_row_cap * cfg.k candidates.
 
