@@ -13,6 +13,10 @@ def _cmd_train(args) -> int:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not os.path.exists(config):  # no file given: all overrides
         config, overrides = None, [config, *overrides]
+    if config is not None and os.path.basename(config) == "config.json":
+        run_dir = os.path.dirname(os.path.abspath(config))
+        if os.path.isdir(os.path.join(run_dir, "checkpoints")):  # a run folder's own config: resume it in place
+            overrides = [f"run_dir={run_dir}", *overrides]
     cfg = load_config(config, overrides)
     result = train(cfg)
     print(f"run folder:   {result.run_dir}")

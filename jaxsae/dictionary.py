@@ -111,8 +111,7 @@ class Dictionary:
     def _hp(self) -> dict[str, jax.Array]:
         arch = sae_base.get(self.sae.architecture)
         hp = {**arch.hparam_defaults, **{k: v for k, v in self.hparams.items() if k in arch.hparam_defaults}}
-        return {k: jnp.asarray(v, jnp.int32 if k in ("k", "l1_warmup_steps") else jnp.float32)
-                for k, v in hp.items()}
+        return sae_base.hparams_as_arrays(arch, hp, jnp)
 
     def encode(self, x, *, batch_rows: int = 8192) -> np.ndarray:
         """x: [B, d] raw activations -> [B, n] float32 latents (inference mode)."""
@@ -177,7 +176,10 @@ def load(path: str | os.PathLike) -> Dictionary:
     sae = SAEConfig(**sae_dict)
     tensors = load_file(weights_path)
     params = {k: v for k, v in tensors.items() if not k.startswith(BUFFER_PREFIX)}
+    # Buffers keep the shapes the architecture gives them (safetensors stores scalars as [1]).
+    buffer_shapes = {k: v.shape for k, v in jax.eval_shape(lambda: sae_base.get(sae.architecture).init_buffers(sae)).items()}
     buffers = {k[len(BUFFER_PREFIX):]: v for k, v in tensors.items() if k.startswith(BUFFER_PREFIX)}
+    buffers = {k: v.reshape(buffer_shapes[k]) if k in buffer_shapes else v for k, v in buffers.items()}
     for name, shape in (("W_enc", (sae.d_model, sae.n_latents)), ("W_dec", (sae.n_latents, sae.d_model))):
         if name not in params or params[name].shape != shape:
             got = None if name not in params else list(params[name].shape)

@@ -59,3 +59,20 @@ def test_bad_input_is_refused_before_any_work(store, tmp_path, capsys, overrides
 def test_missing_config_file_is_refused(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_on_a_run_folders_config_resumes_it_from_anywhere(store, tmp_path, monkeypatch):
+    from jaxsae.train.config import load_config
+    from jaxsae.train.loop import train
+    from jaxsae.train.metrics import read_metrics
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [f"data.store={store}", f"run_dir={os.path.relpath(run_dir)}", "sae.d_model=16",
+                             "sae.n_latents=32", "sae.k=4", "steps=8", "log_every=2", "checkpoint_every=2",
+                             "progress=false", "data.batch_rows=256"])
+    train(cfg, stop_after=4)
+    assert not (run_dir / "run.json").exists()
+    monkeypatch.chdir(tmp_path.parent)  # a different working directory than the one the run started in
+    assert main(["train", str(run_dir / "config.json")]) == 0
+    assert (run_dir / "run.json").exists()
+    assert [r["step"] for r in read_metrics(str(run_dir))] == [2, 4, 6, 8]

@@ -147,6 +147,17 @@ class Architecture(Protocol):
     def decode(self, params: Params, latents: jax.Array, cfg: SAEConfig, axes: Axes) -> jax.Array: ...
 
 
+def hparam_is_int(arch: Any, name: str) -> bool:
+    """Integer hyperparameters (k, warmup steps) are those whose architecture default is an int."""
+    default = arch.hparam_defaults.get(name)
+    return isinstance(default, int) and not isinstance(default, bool)
+
+
+def hparams_as_arrays(arch: Any, values: dict[str, Any], xp: Any) -> dict[str, Any]:
+    """`values` (scalars or [E] lists) as arrays of `xp` (numpy or jax.numpy): int32 or float32 per name."""
+    return {k: xp.asarray(v, xp.int32 if hparam_is_int(arch, k) else xp.float32) for k, v in values.items()}
+
+
 def get(name: str) -> Any:
     """The architecture module for `name`."""
     import importlib

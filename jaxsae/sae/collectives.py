@@ -41,3 +41,20 @@ def pvary(x, axis: str | None):
     per-shard cotangent has the type JAX expects (the psum over `axis` then happens in the transpose).
     """
     return x if axis is None else jax.lax.pcast(x, axis, to="varying")
+
+
+def varying_axes(x) -> frozenset:
+    """Mesh axes along which `x` varies inside shard_map (empty outside). JAX 0.10 keeps them in
+    `typeof(x).manual_axis_type.varying`; older releases in `typeof(x).vma`."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def reduce_to_type_of(cotangent, primal):
+    """Sum a cotangent over the mesh axes it varies along but its primal does not: what JAX's own transpose of
+    an implicit broadcast does (e.g. a data-parallel weight gradient is psum'd over `data`). For custom VJPs."""
+    extra = tuple(sorted(varying_axes(cotangent) - varying_axes(primal)))
+    return jax.lax.psum(cotangent, extra) if extra else cotangent

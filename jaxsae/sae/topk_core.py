@@ -2,9 +2,10 @@
 encode/decode by gathering the selected latents, BatchTopK's global threshold, and the AuxK loss.
 
 PERFORMANCE. Selection runs on stop-gradient pre-activations (one dense [B, d] @ [d, n] matmul, no backward).
-With cfg.sparse_decode the selected latents' pre-activations are recomputed from a gather of their encoder
-columns and decoded from a gather of their decoder rows, so autodiff's weight gradients are scatter-adds of
-B*K rows of length d instead of dense [d, B] @ [B, n] and [n, B] @ [B, d] matmuls. With the latent axis split,
+With cfg.sparse_decode the selected latents' pre-activations are the top-k's own values with a custom
+gradient (a scatter-add into the selected encoder columns), and they are decoded from a gather of their decoder
+rows (gradient: a scatter-add), so the weight gradients are scatter-adds of B*K rows of length d instead of
+dense [d, B] @ [B, n] and [n, B] @ [B, d] matmuls. With the latent axis split,
 each shard takes its local top-k, the [B, k] candidates (values + global indices) are all-gathered over the
 latent axis and merged by a second top-k; each shard gathers only the selected latents it owns and the decoded
 partial sums are psum'd. No [B, n] array or weight matrix ever crosses devices.
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae.sae.base import Axes, Buffers, HParams, Params, SAEConfig
-from jaxsae.sae.collectives import all_gather, pmin, psum, shard_offset
+from jaxsae.sae.collectives import all_gather, pmin, psum, reduce_to_type_of, shard_offset
 from jaxsae.sae.common import centre, global_rows, pre_activations, total_variance
 
 
@@ -63,20 +64,52 @@ def gather_rows(table: jax.Array, index: jax.Array) -> jax.Array:
 
 def training_pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> tuple[jax.Array | None, jax.Array]:
     """(pre, scores): scores = stop_gradient(pre) [B, n_local] for selection; pre is the differentiable dense
-    pre-activation for the dense reference path, None on the sparse path (values are recomputed by gather)."""
+    pre-activation for the dense reference path, None on the sparse path (see `selected_pre`)."""
     pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
     return (None if cfg.sparse_decode else pre), jax.lax.stop_gradient(pre)
+
+
+@jax.custom_vjp
+def _sparse_selected_pre(W_enc: jax.Array, b_enc: jax.Array, b_dec: jax.Array, x: jax.Array, local: jax.Array,
+                         values: jax.Array) -> jax.Array:
+    """`values` [B, K] — the selected entries of the stop-gradient (x - b_dec) W_enc + b_enc — carrying the
+    gradient of (x - b_dec) . W_enc[:, local] + b_enc[local] w.r.t. W_enc, b_enc, b_dec and x, computed sparsely."""
+    del W_enc, b_enc, b_dec, x, local
+    return values
+
+
+def _sparse_selected_pre_fwd(W_enc, b_enc, b_dec, x, local, values):
+    return values, (W_enc, b_enc, b_dec, x, local)
+
+
+def _sparse_selected_pre_bwd(residuals, g):
+    """g: [B, K]. dW_enc is a scatter-add of B*K rows of length d; db_dec = -W_enc @ db_enc (a mat-vec).
+    The cotangent for x (a gather of K encoder columns per row) is dead code when x is data, and XLA drops it."""
+    W_enc, b_enc, b_dec, x, local = residuals
+    n_local, d = W_enc.shape[1], W_enc.shape[0]
+    flat = local.reshape(-1)
+    rows = (g[:, :, None] * (x - b_dec[None, :])[:, None, :]).reshape(-1, d)
+    dW_enc = jnp.zeros((n_local, d), W_enc.dtype).at[flat].add(rows, mode="promise_in_bounds").T
+    db_enc = jnp.zeros((n_local,), g.dtype).at[flat].add(g.reshape(-1), mode="promise_in_bounds")
+    dx = jnp.einsum("bk,bkd->bd", g, gather_rows(W_enc.T, local))
+    cotangents = (dW_enc, db_enc, -(W_enc @ db_enc), dx)
+    return (*(reduce_to_type_of(ct, p) for ct, p in zip(cotangents, (W_enc, b_enc, b_dec, x))), None, None)
+
+
+_sparse_selected_pre.defvjp(_sparse_selected_pre_fwd, _sparse_selected_pre_bwd)
 
 
 def selected_pre(params: Params, x: jax.Array, pre: jax.Array | None, sel: Selection) -> jax.Array:
     """Differentiable pre-activations of the selected latents: [B, K], 0 where this shard does not own them.
 
-    pre None (sparse): (x - b_dec) . W_enc[:, i] + b_enc[i] from a gather of the K encoder columns per row.
-    pre [B, n_local] (dense): a lookup in the dense pre-activations.
+    pre None (sparse): the values are the selection's own scores (the stop-gradient pre-activations the top-k
+        returned) with a custom gradient: a scatter-add into the K selected encoder columns per row.
+        PERFORMANCE: no [B, K, d] gather of encoder columns in the forward pass and no dense [d, B] @ [B, n]
+        weight-gradient matmul.
+    pre [B, n_local] (dense reference): a lookup in the differentiable dense pre-activations.
     """
     if pre is None:
-        columns = gather_rows(params["W_enc"].T, sel.local)  # [B, K, d]
-        values = jnp.einsum("bd,bkd->bk", centre(x, params["b_dec"]), columns) + gather_rows(params["b_enc"], sel.local)
+        values = _sparse_selected_pre(params["W_enc"], params["b_enc"], params["b_dec"], x, sel.local, sel.score)
     else:
         values = jnp.take_along_axis(pre, sel.local, axis=1, mode="promise_in_bounds")
     return jnp.where(sel.owned, values, 0.0)

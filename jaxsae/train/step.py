@@ -51,13 +51,8 @@ class TrainState:
 def hparam_arrays(cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Per-member hyperparameters as [E] arrays (k as int32, the rest float32)."""
     rows = [cfg.member_hparams(i) for i in range(cfg.n_members)]
-    out = {}
-    for key in rows[0]:
-        if key == "seed":
-            continue
-        dtype = np.int32 if key in ("k", "l1_warmup_steps") else np.float32
-        out[key] = np.asarray([r[key] for r in rows], dtype)
-    return out
+    columns = {key: [r[key] for r in rows] for key in rows[0] if key != "seed"}
+    return sae_base.hparams_as_arrays(sae_base.get(cfg.sae.architecture), columns, np)
 
 
 def lr_schedule(step: jax.Array, cfg: TrainConfig) -> jax.Array:
@@ -80,8 +75,7 @@ def loss_term_names(sae: SAEConfig) -> tuple[str, ...]:
     b = 8
     params = jax.eval_shape(lambda: arch.init(jax.random.key(0), sae, jnp.zeros(sae.d_model)))
     buffers = jax.eval_shape(lambda: _init_member_buffers(arch, sae))
-    hp = {k: jnp.asarray(v, jnp.int32 if k in ("k", "l1_warmup_steps") else jnp.float32)
-          for k, v in arch.hparam_defaults.items()}
+    hp = sae_base.hparams_as_arrays(arch, arch.hparam_defaults, jnp)
     hp = {**hp, "k": jnp.int32(sae.k)} if "k" in hp else hp
     x = jax.ShapeDtypeStruct((b, sae.d_model), jnp.float32)
     out = jax.eval_shape(
