@@ -44,8 +44,8 @@ def test_topk_recovers_the_true_features(synth_store, tmp_path):
 @pytest.mark.slow
 def test_relu_l1_recovers_the_true_features(synth_store, tmp_path):
     cfg = _cfg(synth_store, tmp_path / "run", "sae.architecture=relu", "sae.d_model=64", "sae.n_latents=1024",
-               "steps=4000", "optim.lr=1e-3", "hparams.l1_coeff=0.02", "hparams.l1_warmup_steps=200",
-               "data.batch_rows=1024", "log_every=500")
+               "steps=2000", "optim.lr=1e-3", "hparams.l1_coeff=0.2", "hparams.l1_warmup_steps=100",
+               "data.batch_rows=1024", "log_every=500", "mesh.data=1")
     result = train(cfg)
     recovery = jaxsae.feature_recovery(jaxsae.load_truth(synth_store), jaxsae.load(result.dictionaries[0]).decoder)
     assert recovery["frac_recovered"] >= 0.9, recovery
