@@ -11,7 +11,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 import jaxsae
 from jaxsae.data.synthetic import SynthConfig, synthesize

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxsae.sae import topk_core
 from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
-from jaxsae.sae.common import decode, firing, global_rows, member_k, mse
+from jaxsae.sae.common import decode, member_k
 from jaxsae.sae.init import decoder_row_norm, tied
 
 __all__ = ["constrained_decoder", "hparam_defaults", "init", "init_buffers", "loss", "encode", "decode"]
@@ -59,13 +59,8 @@ def loss(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAECo
     """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, auxk."""
     del step
     pre, scores, candidates, acts, new_buffers = select(params, buffers, x, hp, cfg, axes)
-    x_hat = topk_core.decode_partial(params["W_dec"], acts, candidates, axes, cfg.sparse_decode)
-    x_hat = x_hat + params["b_dec"][None, :]
-    terms = {"mse": mse(x, x_hat, axes), "auxk": jnp.zeros((), jnp.float32)}
-    if with_aux:
-        terms["auxk"] = topk_core.auxk_loss(params, buffers, x, x_hat, pre, scores, hp, cfg, axes)
-    fire_count, l0 = firing(topk_core.fires(acts > 0, candidates, scores.shape[1]), global_rows(x, axes), axes)
-    return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)
+    return topk_core.reconstruction_loss(params, buffers, x, pre, scores, candidates, acts, hp, cfg, axes, with_aux,
+                                         new_buffers)
 
 
 def encode(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes) -> jax.Array:

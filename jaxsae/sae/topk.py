@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxsae.sae import topk_core
 from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
-from jaxsae.sae.common import decode, firing, global_rows, member_k, mse, pre_activations
+from jaxsae.sae.common import decode, member_k, pre_activations
 from jaxsae.sae.init import decoder_row_norm, tied
 
 __all__ = ["constrained_decoder", "hparam_defaults", "init", "init_buffers", "loss", "encode", "decode"]
@@ -48,12 +48,7 @@ def loss(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAECo
     sel = topk_core.select_top_k(scores, cfg.k, axes)
     in_k = topk_core.slot_mask(member_k(hp["k"], cfg), cfg.k)
     acts = jnp.where(in_k, jax.nn.relu(topk_core.selected_pre(params, x, pre, sel)), 0.0)
-    x_hat = topk_core.decode_partial(params["W_dec"], acts, sel, axes, cfg.sparse_decode) + params["b_dec"][None, :]
-    terms = {"mse": mse(x, x_hat, axes), "auxk": jnp.zeros((), jnp.float32)}
-    if with_aux:
-        terms["auxk"] = topk_core.auxk_loss(params, buffers, x, x_hat, pre, scores, hp, cfg, axes)
-    fire_count, l0 = firing(topk_core.fires(acts > 0, sel, scores.shape[1]), global_rows(x, axes), axes)
-    return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, buffers)
+    return topk_core.reconstruction_loss(params, buffers, x, pre, scores, sel, acts, hp, cfg, axes, with_aux, buffers)
 
 
 def encode(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes) -> jax.Array:

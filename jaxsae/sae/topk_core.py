@@ -20,9 +20,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sae.base import Axes, Buffers, HParams, Params, SAEConfig
+from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
 from jaxsae.sae.collectives import all_gather, pmin, psum, reduce_to_type_of, shard_offset
-from jaxsae.sae.common import centre, global_rows, pre_activations, total_variance
+from jaxsae.sae.common import firing, global_rows, mse, pre_activations, total_variance
 
 
 class Selection(NamedTuple):
@@ -202,3 +202,16 @@ def auxk_loss(params: Params, buffers: Buffers, x: jax.Array, x_hat: jax.Array, 
     num_dead = psum(jnp.sum(dead.astype(jnp.float32)), axes.latent)
     scale = jnp.minimum(num_dead / cfg.aux_k, 1.0)
     return hp["aux_coeff"] * scale * error / jnp.maximum(total_variance(x, axes), 1e-30)
+
+
+def reconstruction_loss(params: Params, buffers: Buffers, x: jax.Array, pre: jax.Array | None, scores: jax.Array,
+                        sel: Selection, acts: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes, with_aux: bool,
+                        new_buffers: Buffers) -> tuple[jax.Array, LossOut]:
+    """The loss tail TopK and BatchTopK share: decode the selected activations acts [B, K], mean squared error,
+    AuxK when `with_aux`, firing statistics. Returns (mse + auxk, LossOut)."""
+    x_hat = decode_partial(params["W_dec"], acts, sel, axes, cfg.sparse_decode) + params["b_dec"][None, :]
+    terms = {"mse": mse(x, x_hat, axes), "auxk": jnp.zeros((), jnp.float32)}
+    if with_aux:
+        terms["auxk"] = auxk_loss(params, buffers, x, x_hat, pre, scores, hp, cfg, axes)
+    fire_count, l0 = firing(fires(acts > 0, sel, scores.shape[1]), global_rows(x, axes), axes)
+    return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)

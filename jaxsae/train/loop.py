@@ -15,7 +15,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxsae.data.order import BlockShuffleOrder
 from jaxsae.data.stream import ActivationStream, StreamState
 from jaxsae.dictionary import save_dictionary
-from jaxsae.sae import base as sae_base
 from jaxsae.sae.base import ConfigError
 from jaxsae.sae.init import geometric_median
 from jaxsae.store import StoreError, open_store
