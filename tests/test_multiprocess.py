@@ -11,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import jaxsae
 from jaxsae.data.synthetic import SynthConfig, synthesize
@@ -35,20 +36,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides(store, run_dir):
+def _overrides(store, run_dir, mesh=("mesh.data=2", "mesh.latent=2")):
     return [f"data.store={store}", f"run_dir={run_dir}", "progress=false", "sae.architecture=topk",
             "sae.d_model=16", "sae.n_latents=64", "sae.k=4", "sae.dead_after_rows=512", "steps=12", "log_every=4",
             "checkpoint_every=5", "data.batch_rows=64", "data.streams=2", "data.window_blocks=4",
-            "mesh.data=2", "mesh.latent=2", 'members=[{"seed": 0}, {"seed": 1, "k": 2}]']
+            *mesh, 'members=[{"seed": 0}, {"seed": 1, "k": 2}]']
 
 
-def test_two_processes_train_checkpoint_and_match_one_process(tmp_path):
+@pytest.mark.parametrize("mesh", [
+    ("mesh.data=2", "mesh.latent=2"),  # data spans the processes: each reads its own stream
+    pytest.param(("mesh.data=1", "mesh.latent=4"), marks=pytest.mark.slow),  # latent spans them: both read all
+])
+def test_two_processes_train_checkpoint_and_match_one_process(tmp_path, mesh):
     store = synthesize(tmp_path / "store", SynthConfig(rows=4096, d_model=16, n_features=48, seed=2), chunk=1024)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAXSAE_", "JAX_COORDINATOR"))}
     env |= {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
             "JAXSAE_COORDINATOR": f"localhost:{port}", "JAXSAE_NUM_PROCESSES": "2"}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, *_overrides(store, tmp_path / "multi")],
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, *_overrides(store, tmp_path / "multi", mesh)],
                               env=env | {"JAXSAE_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
@@ -61,7 +66,7 @@ def test_two_processes_train_checkpoint_and_match_one_process(tmp_path):
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
 
-    one = train(load_config(None, _overrides(store, tmp_path / "single")))  # 4 of this process's 8 devices
+    one = train(load_config(None, _overrides(store, tmp_path / "single", mesh)))  # 4 of this process's 8 devices
     multi_dir = tmp_path / "multi"
     dictionaries = sorted(os.listdir(multi_dir / "dictionaries"))
     assert dictionaries == ["member_000", "member_001"]  # written once, by process 0
@@ -73,7 +78,7 @@ def test_two_processes_train_checkpoint_and_match_one_process(tmp_path):
     assert steps == [(s, m) for s in (4, 8, 12) for m in (0, 1)]  # process 0 alone writes metrics
 
     # Both processes wrote their shards of each checkpoint; it restores in this single process on 4 devices.
-    cfg = load_config(None, _overrides(store, multi_dir))
+    cfg = load_config(None, _overrides(store, multi_dir, mesh))
     mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:4])
     checkpoints = ckpt.RunCheckpoints(str(multi_dir), keep=cfg.keep_checkpoints)
     assert checkpoints.steps() == [10, 12]

@@ -25,7 +25,7 @@ from jaxsae.train import metrics as metrics_lib
 from jaxsae.train import run_folder
 from jaxsae.train.config import TrainConfig
 from jaxsae.train.lock import RunLock, RunLockedError
-from jaxsae.train.step import TrainState, hparam_arrays, init_state, make_train_step, state_specs
+from jaxsae.train.step import hparam_arrays, init_state, make_train_step, state_specs
 
 GEOMETRIC_MEDIAN_ROWS = 4096
 
@@ -62,10 +62,6 @@ def validate(cfg: TrainConfig):
             raise ConfigError("tensorboard=true needs tensorboardX: pip install 'jaxsae[tensorboard]'") from None
     mesh = mesh_lib.make_mesh(cfg.mesh)
     mesh_lib.check_divisibility(mesh, cfg.sae, cfg.n_members, cfg.data.batch_rows)
-    if cfg.data.streams % jax.process_count():
-        raise ConfigError(
-            f"data.streams={cfg.data.streams} must be divisible by the process count {jax.process_count()}"
-        )
     return store, mesh
 
 
@@ -92,9 +88,23 @@ def initial_b_dec(store, order: BlockShuffleOrder, scale: float) -> np.ndarray:
     return geometric_median(sample).astype(np.float32)
 
 
-def process_streams(order: BlockShuffleOrder) -> range:
-    per = order.streams // jax.process_count()
-    return range(jax.process_index() * per, (jax.process_index() + 1) * per)
+def process_streams(order: BlockShuffleOrder, mesh) -> range:
+    """The streams this process reads: those covering the batch rows its devices hold.
+
+    With `data` spanning processes each process reads its own slice; where a process's devices hold the whole
+    batch (e.g. only `latent` spans processes) it reads every stream. The rows must fall on stream boundaries.
+    """
+    sharding = NamedSharding(mesh, P("data", None))
+    slices = sharding.addressable_devices_indices_map((order.batch_rows, 1)).values()
+    lo = min(s[0].start or 0 for s in slices)
+    hi = max(order.batch_rows if s[0].stop is None else s[0].stop for s in slices)
+    if lo % order.stream_rows or hi % order.stream_rows:
+        raise ConfigError(
+            f"data.streams={order.streams}: this process holds batch rows {lo}..{hi}, which do not fall on "
+            f"stream boundaries (every {order.stream_rows} rows); make data.streams a multiple of the number "
+            f"of processes along the mesh's data axis"
+        )
+    return range(lo // order.stream_rows, hi // order.stream_rows)
 
 
 def place_batch(batch: np.ndarray, mesh, global_rows: int) -> jax.Array:
@@ -135,6 +145,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     distributed.initialize(cfg.distributed)  # before any other JAX call
     store, mesh = validate(cfg)
     order = make_order(cfg, store)
+    streams = process_streams(order, mesh)  # refuses a stream layout this mesh cannot read, before any work
     is_writer = jax.process_index() == 0
     lock = _lock_run_folder(cfg.run_dir, is_writer)
     try:
@@ -142,7 +153,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> RunResult:
             run_folder.prepare(cfg.run_dir, cfg.to_dict())
         checkpoints = checkpoint_lib.RunCheckpoints(cfg.run_dir, keep=cfg.keep_checkpoints)
         try:
-            return _train_loop(cfg, store, mesh, order, checkpoints, is_writer, stop_after)
+            return _train_loop(cfg, store, mesh, order, streams, checkpoints, is_writer, stop_after)
         finally:
             checkpoints.close()
     finally:
@@ -150,7 +161,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> RunResult:
             lock.release()
 
 
-def _train_loop(cfg: TrainConfig, store, mesh, order, checkpoints, is_writer: bool,
+def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoints, is_writer: bool,
                 stop_after: int | None) -> RunResult:
     restored = checkpoints.restore_latest(checkpoint_lib.abstract_state(cfg, mesh))
     if restored is None:
@@ -177,7 +188,7 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, checkpoints, is_writer: bo
     last_records: list[dict] = [r for r in kept_records if r["step"] == last_step]
     in_flight: collections.deque = collections.deque()
     t_log, rows_at_log = time.perf_counter(), start * cfg.data.batch_rows
-    stream = ActivationStream(store, order, streams=process_streams(order), state=stream_state,
+    stream = ActivationStream(store, order, streams=streams, state=stream_state,
                               prefetch=cfg.data.prefetch)
     try:
         for step in range(start, end):
@@ -216,7 +227,9 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, checkpoints, is_writer: bo
         return RunResult(cfg.run_dir, [], last_records, cfg.data.store)
 
     checkpoints.wait()
-    dictionaries = save_all(cfg, state, store, last_records) if is_writer else []
+    # Every process takes part in the gather (a collective when the state spans processes); process 0 writes.
+    host_state = _to_host((state.params, state.buffers, state.scale))
+    dictionaries = save_all(cfg, host_state, store, last_records) if is_writer else []
     if is_writer:
         run_folder.mark_complete(cfg.run_dir, {"steps": cfg.num_steps, "dictionaries": dictionaries,
                                                "store": os.path.abspath(cfg.data.store)})
@@ -242,9 +255,9 @@ def _lock_run_folder(run_dir: str, is_writer: bool) -> RunLock | None:
     return lock
 
 
-def save_all(cfg: TrainConfig, state: TrainState, store, records: list[dict]) -> list[str]:
-    """One dictionary folder per member, normalisation folded in."""
-    params, buffers, scale = _to_host((state.params, state.buffers, state.scale))
+def save_all(cfg: TrainConfig, host_state: tuple, store, records: list[dict]) -> list[str]:
+    """One dictionary folder per member, normalisation folded in. host_state: host (params, buffers, scale)."""
+    params, buffers, scale = host_state
     paths = []
     for m in range(cfg.n_members):
         member = lambda tree: {k: np.asarray(v)[m] for k, v in tree.items()}  # noqa: E731
