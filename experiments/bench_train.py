@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--arch", default="topk")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--auxk", action="store_true", help="every latent counts as dead: AuxK runs every step")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -68,11 +69,12 @@ def main() -> None:
     t_mm = timed(lambda: matmul(xj, wj).block_until_ready(), args.repeats)
 
     base = TrainConfig(
-        run_dir="unused", sae=SAEConfig(architecture=args.arch, d_model=args.d, n_latents=args.n, k=args.k),
+        run_dir="unused", sae=SAEConfig(architecture=args.arch, d_model=args.d, n_latents=args.n, k=args.k,
+                                        dead_after_rows=1 if args.auxk else 10_000_000),
         data=DataConfig(store="unused", batch_rows=args.batch), mesh=MeshConfig(data=1), steps=10_000,
     )
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.arch} d={args.d} n={args.n} "
-          f"k={args.k} batch={args.batch}")
+          f"k={args.k} batch={args.batch}{' with AuxK every step' if args.auxk else ''}")
     print(f"dense encoder matmul [{args.batch},{args.d}]@[{args.d},{args.n}]: {t_mm * 1e3:.1f} ms")
     for name, sparse in (("sparse", True), ("dense", False)):
         cfg = dataclasses.replace(base, sae=dataclasses.replace(base.sae, sparse_decode=sparse))

@@ -122,6 +122,16 @@ def scatter_dense(acts: jax.Array, sel: Selection, n_local: int) -> jax.Array:
     return dense.at[rows, sel.local].add(jnp.where(sel.owned, acts, 0.0), mode="promise_in_bounds")
 
 
+# A [B, K, d] row gather beats a dense [B, n] @ [n, d] decode only while K is small next to n (CPU, d=512,
+# n=16384, B=4096: K=32 gather 155 ms vs dense 620 ms; K=256 gather 1,270 ms). See experiments/RESULTS.md.
+GATHER_MAX_K_FRACTION = 1 / 128
+
+
+def gather_pays(k: int, scores: jax.Array) -> bool:
+    """Whether decoding K selected rows by gather is cheaper than a dense decode over this shard's latents."""
+    return k <= GATHER_MAX_K_FRACTION * scores.shape[1]
+
+
 def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes, sparse: bool) -> jax.Array:
     """sum_k acts[b, k] W_dec[index[b, k]] over all latent shards: [B, d], without b_dec.
 
@@ -196,7 +206,8 @@ def auxk_loss(params: Params, buffers: Buffers, x: jax.Array, x_hat: jax.Array, 
     sel = select_top_k(jnp.where(dead[None, :], scores, -jnp.inf), cfg.aux_k, axes)
     is_dead = jnp.isfinite(sel.score)
     acts = jnp.where(is_dead, jax.nn.relu(selected_pre(params, x, pre, sel)), 0.0)
-    e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse=pre is None)
+    # k_aux (d/2 by default) is large: a dense decode beats gathering [B, k_aux, d] rows unless n_local is huge.
+    e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse=pre is None and gather_pays(cfg.aux_k, scores))
     residual = jax.lax.stop_gradient(x - x_hat)
     error = psum(jnp.sum(jnp.square(e_hat - residual)), axes.data)
     num_dead = psum(jnp.sum(dead.astype(jnp.float32)), axes.latent)
