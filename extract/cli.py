@@ -50,7 +50,7 @@ def _n_hvg(text: str):
 
 def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `extract` verb to an argparse subparsers object; returns its parser."""
-    from extract.run import ExtractConfig
+    from extract.config import ExtractConfig
 
     parser = subparsers.add_parser(
         "extract",
@@ -79,7 +79,8 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_extract_cli(args: argparse.Namespace) -> int:
     """Run the `extract` verb from parsed arguments; prints the token store of each layer. Returns an exit code."""
-    from extract.run import ExtractConfig, extract
+    from extract.config import ExtractConfig
+    from extract.run import extract
 
     try:
         config = ExtractConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig)})

@@ -76,3 +76,13 @@ def test_train_on_a_run_folders_config_resumes_it_from_anywhere(store, tmp_path,
     assert main(["train", str(run_dir / "config.json")]) == 0
     assert (run_dir / "run.json").exists()
     assert [r["step"] for r in read_metrics(str(run_dir))] == [2, 4, 6, 8]
+
+
+def test_the_jax_side_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxsae, jaxsae.cli, jaxsae.train.loop, jaxsae.dictionary, jaxsae.data.stream; "
+            "jaxsae.cli.build_parser(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
