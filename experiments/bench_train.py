@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--arch", default="topk")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--auxk", action="store_true", help="every latent counts as dead: AuxK runs every step")
+    ap.add_argument("--members", type=int, default=1, help="ensemble members trained in one vmapped step")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -72,14 +73,17 @@ def main() -> None:
         run_dir="unused", sae=SAEConfig(architecture=args.arch, d_model=args.d, n_latents=args.n, k=args.k,
                                         dead_after_rows=1 if args.auxk else 10_000_000),
         data=DataConfig(store="unused", batch_rows=args.batch), mesh=MeshConfig(data=1), steps=10_000,
+        members=tuple({} for _ in range(args.members)),
     )
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.arch} d={args.d} n={args.n} "
-          f"k={args.k} batch={args.batch}{' with AuxK every step' if args.auxk else ''}")
+          f"k={args.k} batch={args.batch} members={args.members}{' with AuxK every step' if args.auxk else ''}")
     print(f"dense encoder matmul [{args.batch},{args.d}]@[{args.d},{args.n}]: {t_mm * 1e3:.1f} ms")
     for name, sparse in (("sparse", True), ("dense", False)):
         cfg = dataclasses.replace(base, sae=dataclasses.replace(base.sae, sparse_decode=sparse))
         t = bench_step(cfg, x, args.repeats)
-        print(f"{name:6s} step: {t * 1e3:8.1f} ms  {args.batch / t:12,.0f} rows/s  step/matmul = {t / t_mm:.2f}")
+        print(f"{name:6s} step: {t * 1e3:8.1f} ms  {args.batch / t:12,.0f} rows/s  "
+              f"{args.batch * args.members / t:12,.0f} member-rows/s  step/(members x matmul) = "
+              f"{t / (t_mm * args.members):.2f}")
 
 
 if __name__ == "__main__":
