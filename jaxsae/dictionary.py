@@ -7,6 +7,7 @@ nothing but the folder. Encoding runs the same JAX functions the trainer used, o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -94,6 +95,7 @@ class Dictionary:
     buffers: dict[str, np.ndarray]
     hparams: dict[str, Any]
     config: dict
+    _device: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def d_model(self) -> int:
@@ -108,6 +110,13 @@ class Dictionary:
         """[n, d] decoder rows (feature directions in activation space)."""
         return self.params["W_dec"]
 
+    def _on_device(self) -> tuple[dict, dict, dict]:
+        """(params, buffers, hparams) as JAX arrays, copied to the device once per Dictionary."""
+        if self._device is None:
+            self._device = ({k: jnp.asarray(v) for k, v in self.params.items()},
+                            {k: jnp.asarray(v) for k, v in self.buffers.items()}, self._hp())
+        return self._device
+
     def _hp(self) -> dict[str, jax.Array]:
         arch = sae_base.get(self.sae.architecture)
         hp = {**arch.hparam_defaults, **{k: v for k, v in self.hparams.items() if k in arch.hparam_defaults}}
@@ -117,9 +126,7 @@ class Dictionary:
         """x: [B, d] raw activations -> [B, n] float32 latents (inference mode)."""
         x = self._check(x, self.d_model, "x")
         fn = _encode_fn(self.sae)
-        params = {k: jnp.asarray(v) for k, v in self.params.items()}
-        buffers = {k: jnp.asarray(v) for k, v in self.buffers.items()}
-        hp = self._hp()
+        params, buffers, hp = self._on_device()
         parts = [np.asarray(fn(params, buffers, jnp.asarray(x[i:i + batch_rows]), hp))
                  for i in range(0, x.shape[0], batch_rows)]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_latents), np.float32)
@@ -127,8 +134,7 @@ class Dictionary:
     def decode(self, latents) -> np.ndarray:
         """latents: [B, n] -> [B, d] reconstruction in raw activation units."""
         latents = self._check(latents, self.n_latents, "latents")
-        params = {k: jnp.asarray(v) for k, v in self.params.items()}
-        return np.asarray(_decode_fn(self.sae)(params, jnp.asarray(latents)))
+        return np.asarray(_decode_fn(self.sae)(self._on_device()[0], jnp.asarray(latents)))
 
     def reconstruct(self, x) -> np.ndarray:
         return self.decode(self.encode(x))
@@ -141,11 +147,13 @@ class Dictionary:
         return a
 
 
+@functools.lru_cache(maxsize=16)
 def _encode_fn(sae: SAEConfig):
     arch = sae_base.get(sae.architecture)
     return jax.jit(lambda p, b, x, hp: arch.encode(p, b, x, hp, sae, sae_base.Axes()))
 
 
+@functools.lru_cache(maxsize=16)
 def _decode_fn(sae: SAEConfig):
     arch = sae_base.get(sae.architecture)
     return jax.jit(lambda p, f: arch.decode(p, f, sae, sae_base.Axes()))
