@@ -19,6 +19,8 @@ not committed, so an interrupted run ends identical to an uninterrupted one (no 
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import os
 import warnings
@@ -37,6 +39,8 @@ from extract.tokenize.genes import TokenizedCells
 INDEX_FILE = "extraction.json"
 SKIPPED_FILE = "skipped_cells.json"
 SCAN_ROWS = 4096  # cells per block in the validation pass
+
+
 @dataclass(frozen=True)
 class Batch:
     """Padded model inputs of a few cells and which positions become token rows.
@@ -148,15 +152,15 @@ def _write_json_atomic(path: Path, content: dict) -> None:
 
 
 def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: ExtractConfig) -> dict[int, torch.Tensor]:
-    """{layer: [B, L, d] hidden states} of one batch (residual stream after each requested block)."""
+    """{layer: [B, L, d] hidden states} of one batch (residual stream after each requested block; the blocks
+    after the deepest requested one are not run)."""
     device = model.device
     ids = torch.from_numpy(batch.input_ids).to(device)
     mask = torch.from_numpy(batch.attention_mask).to(device)
     values = torch.from_numpy(batch.values).to(device) if batch.values is not None else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == "bfloat16")
-    with torch.inference_mode(), autocast, model.capture(layers) as captured:
-        model.encode(ids, values, mask)
-    return captured
+    with torch.inference_mode(), autocast:
+        return model.hidden_states(ids, values, mask, layers)
 
 
 def write_batch(stores: _Stores, batch: Batch, hidden: dict[int, torch.Tensor], window_end: int, has_cls: bool) -> None:
@@ -258,6 +262,41 @@ def _wants_hvg(model, config: ExtractConfig) -> bool:
     return bool(model.n_hvg if config.n_hvg == "args" else config.n_hvg)
 
 
+class _Writer:
+    """Runs `write_batch` and the commits on one background thread, in submission order, so host-side row
+    gathering and store writes overlap the next forward passes. At most `max_pending` tasks wait (each holds
+    one batch's hidden states); the first failure is raised in the caller's thread on its next call.
+    Crash safety is unchanged: a window's commit runs only after all of its batches were appended."""
+
+    def __init__(self, max_pending: int = 2):
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-write")
+        self._pending: collections.deque = collections.deque()
+        self._max_pending = max_pending
+        self._failed = False  # set by the worker: once a task failed, later ones (a commit!) must not run
+
+    def _run(self, fn, *args) -> None:
+        if self._failed:
+            raise ExtractError("skipped: an earlier store write of this extraction failed")
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(self._run, fn, *args))
+        while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for what was submitted (a window whose batches were all appended still commits)."""
+        self._pool.shutdown(wait=True)
+
+
 def _run_windows(model, tokenizer, source, stores: _Stores, layers, n_tokens, n_expressed, config, has_cls):
     from tqdm.auto import tqdm
 
@@ -268,18 +307,23 @@ def _run_windows(model, tokenizer, source, stores: _Stores, layers, n_tokens, n_
     pad_value = getattr(tokenizer, "pad_value", 0.0)
     bar = tqdm(total=source.n_cells, initial=start, unit="cell", desc="extract", disable=not config.progress_bar,
                dynamic_ncols=True)
-    for lo in range(start, source.n_cells, window):
-        hi = min(lo + window, source.n_cells)
-        cells = lo + np.flatnonzero(n_expressed[lo:hi] > 0)
-        counts = source.rows(lo, hi)[cells - lo]
-        tokens = tokenizer(counts, cells)
-        order = np.lexsort((cells, -n_tokens[cells]))
-        for b in range(0, len(order), config.batch_size):
-            batch = make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, pad_value,
-                               config.include_special_tokens)
-            hidden = forward_batch(model, batch, layers, config)
-            write_batch(stores, batch, hidden, hi, has_cls)
-            bar.update(len(batch.cell_index))
-        stores.commit(hi)
-        bar.update(hi - lo - len(cells))
-    bar.close()
+    writer = _Writer()
+    try:
+        for lo in range(start, source.n_cells, window):
+            hi = min(lo + window, source.n_cells)
+            cells = lo + np.flatnonzero(n_expressed[lo:hi] > 0)
+            counts = source.rows(lo, hi)[cells - lo]
+            tokens = tokenizer(counts, cells)
+            order = np.lexsort((cells, -n_tokens[cells]))
+            for b in range(0, len(order), config.batch_size):
+                batch = make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, pad_value,
+                                   config.include_special_tokens)
+                hidden = forward_batch(model, batch, layers, config)
+                writer.submit(write_batch, stores, batch, hidden, hi, has_cls)
+                bar.update(len(batch.cell_index))
+            writer.submit(stores.commit, hi)
+            bar.update(hi - lo - len(cells))
+        writer.drain()
+    finally:
+        writer.close()
+        bar.close()

@@ -39,6 +39,27 @@ def test_geneformer_hooks_equal_hidden_states(tmp_path, special_tokens):
     assert torch.equal(model.encode(ids, None, mask), out.hidden_states[-1])
 
 
+def test_hidden_states_stop_after_the_deepest_requested_block(tmp_path):
+    folder = write_geneformer_folder(tmp_path / "gf", GENES, n_layers=4)
+    model = load_model(folder)
+    ids, _, mask = padded_batch(model.pad_token_id, [9, 4], 2, len(model.dictionaries.token_ids))
+    with torch.inference_mode():
+        full = model.module.bert(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        ran = []
+        handles = [block.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, block in enumerate(model.blocks)]
+        try:
+            hidden = model.hidden_states(ids, None, mask, [0, 1])
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert ran == [0, 1], f"blocks run: {ran}; expected only the blocks up to the deepest requested one"
+    assert set(hidden) == {0, 1}
+    for layer in (0, 1):
+        assert torch.equal(hidden[layer], full.hidden_states[layer + 1])
+    with torch.inference_mode():  # the hooks are gone: a plain forward runs every block again
+        assert torch.equal(model.encode(ids, None, mask), full.hidden_states[-1])
+
+
 def reference_scgpt(state, args, ids, values, mask):
     """scGPT's encoder written out with plain torch ops from the checkpoint's tensors."""
     d, n_heads = args["embsize"], args["nheads"]

@@ -140,3 +140,34 @@ def test_sigkill_then_rerun_equals_uninterrupted(geneformer_case, tmp_path):
         np.testing.assert_array_equal(ref.read_rows(0, ref.n_rows), new.read_rows(0, new.n_rows))
         for name, values in ref.read_metadata(0, ref.n_rows).items():
             np.testing.assert_array_equal(values, new.read_metadata(0, new.n_rows)[name])
+
+
+def test_a_failed_store_write_commits_nothing_after_it_and_a_rerun_completes(geneformer_case, tmp_path,
+                                                                             monkeypatch):
+    import extract.run as extract_run
+
+    adata, model_dir = geneformer_case
+    options = dict(layers=[1], cells_per_commit=8, batch_size=3, device="cpu", progress_bar=False)
+    reference = extract(adata, model_dir, tmp_path / "reference", **options)
+    calls = []
+    real_write_batch = extract_run.write_batch
+
+    def failing_write_batch(stores, batch, hidden, window_end, has_cls):
+        calls.append(window_end)
+        if len(calls) == 5:  # the second batch of the second window (8 cells, 3 per batch)
+            time.sleep(1.0)  # meanwhile the window's last batch and its commit are queued behind this write
+            raise OSError("disk full (simulated)")
+        real_write_batch(stores, batch, hidden, window_end, has_cls)
+
+    monkeypatch.setattr(extract_run, "write_batch", failing_write_batch)
+    out = tmp_path / "failed"
+    with pytest.raises(OSError, match="disk full"):
+        extract(adata, model_dir, out, **options)
+    assert calls[4] == 16 and not (out / "extraction.json").exists()
+    for path in all_stores(out):  # the failed window (cells 8..16) and everything after it stay uncommitted
+        assert open_store(path).progress.get("cells_done", 0) <= 8, path
+    monkeypatch.setattr(extract_run, "write_batch", real_write_batch)
+    extract(adata, model_dir, out, **options)
+    ref, new = open_store(reference[1]), open_store(out / "layer_1/tokens")
+    assert new.n_rows == ref.n_rows and new.progress == {"cells_done": 40}
+    np.testing.assert_array_equal(ref.read_rows(0, ref.n_rows), new.read_rows(0, new.n_rows))

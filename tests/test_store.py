@@ -251,6 +251,19 @@ def test_create_refuses_an_existing_store_unless_overwrite(tmp_path):
     assert (open_store(tmp_path / "s").n_rows, open_store(tmp_path / "s").d_model) == (0, 4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_huge_finite_rows_are_kept_with_exact_norm_statistics(tmp_path, dtype):
+    x = _rows(40, seed=5)
+    x[7] *= 1e22  # finite in float32 and bfloat16, but its squared norm overflows float32
+    w = StoreWriter.create(tmp_path / "s", d_model=D_MODEL, dtype=dtype, shard_rows=SHARD_ROWS, chunk_rows=CHUNK_ROWS)
+    w.append(x)
+    w.close()
+    store = open_store(tmp_path / "s")
+    stored = store.read_rows(0, 40).astype(np.float64)
+    assert np.isfinite(stored).all() and store.n_rows == 40
+    np.testing.assert_allclose(store.norm.mean_sq_norm, np.mean(np.sum(stored**2, axis=1)), rtol=1e-6)
+
+
 def test_bad_appends_raise_before_anything_is_buffered(tmp_path):
     x = _rows(80)
     w = StoreWriter.create(tmp_path / "s", d_model=D_MODEL, shard_rows=SHARD_ROWS, chunk_rows=CHUNK_ROWS)

@@ -233,8 +233,13 @@ class StoreWriter:
         row_sum = np.zeros(d, np.float64)
         sq_norm = 0.0
         for start in range(0, len(rows), STATS_BLOCK_ROWS):
-            block = rows[start : start + STATS_BLOCK_ROWS].astype(np.float64)
-            finite = np.isfinite(block).all(axis=1)
+            block = rows[start : start + STATS_BLOCK_ROWS]
+            if block.dtype != np.float32:
+                block = block.astype(np.float32)  # bfloat16 -> float32 is exact
+            # Products and sums in float64 (einsum casts in small buffers, no float64 copy of the block). A
+            # float32 row squared in float64 cannot overflow, so its norm is finite iff the row is.
+            row_sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+            finite = np.isfinite(row_sq)
             if not finite.all():
                 bad_row = start + int(np.argmin(finite))
                 raise StoreError(
@@ -242,8 +247,8 @@ class StoreWriter:
                     f"{bad_row} of {len(rows)}; expected finite activations; nothing was appended; find where the "
                     "model or its inputs produce non-finite values"
                 )
-            row_sum += block.sum(axis=0)
-            sq_norm += float(np.einsum("ij,ij->", block, block))
+            row_sum += block.sum(axis=0, dtype=np.float64)
+            sq_norm += float(row_sq.sum())
         return rows, row_sum, sq_norm
 
     def _checked_metadata(self, name: str, value: np.ndarray | None, n: int) -> np.ndarray:

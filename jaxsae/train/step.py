@@ -215,7 +215,3 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) ->
                             out_specs=(specs, {"loss": P("ens"), "l0": P("ens")}))
     return jax.jit(sharded, donate_argnums=(0,))
 
-
-def reset_acc(state: TrainState) -> TrainState:
-    """The state with its metric accumulators zeroed (after a read-back); keeps shardings."""
-    return state.replace(acc=jax.tree.map(jnp.zeros_like, state.acc))
