@@ -58,3 +58,11 @@ def reduce_to_type_of(cotangent, primal):
     an implicit broadcast does (e.g. a data-parallel weight gradient is psum'd over `data`). For custom VJPs."""
     extra = tuple(sorted(varying_axes(cotangent) - varying_axes(primal)))
     return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
+def zeros_varying_like_all(shape, dtype, *arrays) -> jax.Array:
+    """Zeros typed as varying over every mesh axis any of `arrays` varies over: the initial carry of a loop
+    that accumulates values computed from those arrays (a scan's carry must keep one type)."""
+    axes = tuple(sorted(frozenset().union(*(varying_axes(a) for a in arrays))))
+    zeros = jnp.zeros(shape, dtype)
+    return jax.lax.pcast(zeros, axes, to="varying") if axes else zeros

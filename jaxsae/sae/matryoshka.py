@@ -44,7 +44,7 @@ def prefix_reconstructions(params: Params, acts: jax.Array, sel: topk_core.Selec
     W_dec = params["W_dec"]
     if cfg.sparse_decode:
         by_group = jax.nn.one_hot(prefix_group(sel.index, cfg), n_groups) * jnp.where(sel.owned, acts, 0.0)[..., None]
-        groups = jnp.einsum("bkp,bkd->bpd", by_group, topk_core.gather_rows(W_dec, sel.local))
+        groups = topk_core.sparse_decode(W_dec, by_group, sel.local)
     else:
         n_local = W_dec.shape[0]
         latent_group = prefix_group(shard_offset(n_local, axes.latent) + jnp.arange(n_local), cfg)

@@ -5,7 +5,8 @@ PERFORMANCE. Selection runs on stop-gradient pre-activations (one dense [B, d] @
 With cfg.sparse_decode the selected latents' pre-activations are the top-k's own values with a custom
 gradient (a scatter-add into the selected encoder columns), and they are decoded from a gather of their decoder
 rows (gradient: a scatter-add), so the weight gradients are scatter-adds of B*K rows of length d instead of
-dense [d, B] @ [B, n] and [n, B] @ [B, d] matmuls. With the latent axis split,
+dense [d, B] @ [B, n] and [n, B] @ [B, d] matmuls. The gathers and scatter-adds run over chunks of rows
+(`scan_row_chunks`), so no [B, K, d] array is ever written to memory. With the latent axis split,
 each shard takes its local top-k, the [B, k] candidates (values + global indices) are all-gathered over the
 latent axis and merged by a second top-k; each shard gathers only the selected latents it owns and the decoded
 partial sums are psum'd. No [B, n] array or weight matrix ever crosses devices.
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
-from jaxsae.sae.collectives import all_gather, pmin, psum, reduce_to_type_of, shard_offset
+from jaxsae.sae.collectives import all_gather, pmin, psum, reduce_to_type_of, shard_offset, zeros_varying_like_all
 from jaxsae.sae.common import firing, global_rows, mse, pre_activations, total_variance
 
 
@@ -56,6 +57,28 @@ def select_top_k(scores: jax.Array, k: int, axes: Axes) -> Selection:
     return Selection(index, values, jnp.where(owned, local, 0), owned)
 
 
+# Rows of the batch per iteration of the sparse gathers and scatter-adds: an iteration touches a [rows, K, d]
+# block; ~2M floats (8 MB) stays in cache, where the whole [B, K, d] would be written to memory and read back
+# (CPU, d=512, n=16384, B=4096, K=32: scatter-add 204 ms in one piece, 87 ms in 128-row chunks).
+SPARSE_CHUNK_ELEMENTS = 1 << 21
+
+
+def chunk_rows(batch_rows: int, elements_per_row: int) -> int:
+    """The largest divisor of batch_rows whose chunk holds at most SPARSE_CHUNK_ELEMENTS elements (>= 1)."""
+    target = max(1, min(batch_rows, SPARSE_CHUNK_ELEMENTS // max(elements_per_row, 1)))
+    return next(c for c in range(target, 0, -1) if batch_rows % c == 0)
+
+
+def scan_row_chunks(body, carry, xs: tuple, elements_per_row: int):
+    """`lax.scan` of body(carry, chunk) -> (carry, y) over consecutive row chunks of the [B, ...] arrays xs;
+    returns (carry, ys with the chunks joined back into [B, ...] rows)."""
+    b = xs[0].shape[0]
+    rows = chunk_rows(b, elements_per_row)
+    chunks = tuple(a.reshape(b // rows, rows, *a.shape[1:]) for a in xs)
+    carry, ys = jax.lax.scan(body, carry, chunks)
+    return carry, jax.tree.map(lambda y: y.reshape(b, *y.shape[2:]), ys)
+
+
 def gather_rows(table: jax.Array, index: jax.Array) -> jax.Array:
     """table[index] for in-range indices (Selection.local always is): [n, ...], [B, K] -> [B, K, ...].
     PERFORMANCE: promise_in_bounds drops the bounds handling from the gather and its scatter-add gradient."""
@@ -83,16 +106,23 @@ def _sparse_selected_pre_fwd(W_enc, b_enc, b_dec, x, local, values):
 
 
 def _sparse_selected_pre_bwd(residuals, g):
-    """g: [B, K]. dW_enc is a scatter-add of B*K rows of length d; db_dec = -W_enc @ db_enc (a mat-vec).
-    The cotangent for x (a gather of K encoder columns per row) is dead code when x is data, and XLA drops it."""
+    """g: [B, K]. dW_enc is a scatter-add of B*K rows of length d (in row chunks, see `scan_row_chunks`);
+    db_dec = -W_enc @ db_enc (a mat-vec). The cotangent for x (a gather of K encoder columns per row) is dead
+    code when x is data, and XLA drops it."""
     W_enc, b_enc, b_dec, x, local = residuals
     n_local, d = W_enc.shape[1], W_enc.shape[0]
-    flat = local.reshape(-1)
-    rows = (g[:, :, None] * (x - b_dec[None, :])[:, None, :]).reshape(-1, d)
-    dW_enc = jnp.zeros((n_local, d), W_enc.dtype).at[flat].add(rows, mode="promise_in_bounds").T
-    db_enc = jnp.zeros((n_local,), g.dtype).at[flat].add(g.reshape(-1), mode="promise_in_bounds")
+    centred = x - b_dec[None, :]
+
+    def scatter_chunk(dW_t, chunk):
+        g_c, centred_c, local_c = chunk
+        rows = (g_c[:, :, None] * centred_c[:, None, :]).reshape(-1, d)
+        return dW_t.at[local_c.reshape(-1)].add(rows, mode="promise_in_bounds"), None
+
+    dW_enc_t = zeros_varying_like_all((n_local, d), W_enc.dtype, W_enc, g, centred)
+    dW_enc_t, _ = scan_row_chunks(scatter_chunk, dW_enc_t, (g, centred, local), d * local.shape[1])
+    db_enc = jnp.zeros((n_local,), g.dtype).at[local.reshape(-1)].add(g.reshape(-1), mode="promise_in_bounds")
     dx = jnp.einsum("bk,bkd->bd", g, gather_rows(W_enc.T, local))
-    cotangents = (dW_enc, db_enc, -(W_enc @ db_enc), dx)
+    cotangents = (dW_enc_t.T, db_enc, -(W_enc @ db_enc), dx)
     return (*(reduce_to_type_of(ct, p) for ct, p in zip(cotangents, (W_enc, b_enc, b_dec, x))), None, None)
 
 
@@ -122,14 +152,54 @@ def scatter_dense(acts: jax.Array, sel: Selection, n_local: int) -> jax.Array:
     return dense.at[rows, sel.local].add(jnp.where(sel.owned, acts, 0.0), mode="promise_in_bounds")
 
 
-# A [B, K, d] row gather beats a dense [B, n] @ [n, d] decode only while K is small next to n (CPU, d=512,
-# n=16384, B=4096: K=32 gather 155 ms vs dense 620 ms; K=256 gather 1,270 ms). See experiments/RESULTS.md.
-GATHER_MAX_K_FRACTION = 1 / 128
+# The chunked row gather (`sparse_decode`) beats a dense [B, n] @ [n, d] decode while K is small next to n.
+# CPU, d=512, n=16384, B=4096, decode + its gradient: K=256 gather 1,183 ms vs dense 2,160 ms; K=1024 gather
+# 4,492 ms vs dense 2,159 ms; the cost is linear in K, so they cross near n/K = 32. See experiments/RESULTS.md.
+GATHER_MAX_K_FRACTION = 1 / 32
 
 
 def gather_pays(k: int, scores: jax.Array) -> bool:
     """Whether decoding K selected rows by gather is cheaper than a dense decode over this shard's latents."""
     return k <= GATHER_MAX_K_FRACTION * scores.shape[1]
+
+
+@jax.custom_vjp
+def sparse_decode(W_dec: jax.Array, weights: jax.Array, local: jax.Array) -> jax.Array:
+    """out[b, p] = sum_k weights[b, k, p] W_dec[local[b, k]]: [n_local, d], [B, K, P], [B, K] -> [B, P, d].
+
+    PERFORMANCE: gathers the K decoder rows of a chunk of rows at a time (never a whole [B, K, d] array); the
+    gradient is a chunked scatter-add into the selected decoder rows plus a chunked gather for d weights.
+    """
+    d = W_dec.shape[1]
+
+    def decode_chunk(_, chunk):
+        weights_c, local_c = chunk
+        return None, jnp.einsum("bkp,bkd->bpd", weights_c, gather_rows(W_dec, local_c))
+
+    return scan_row_chunks(decode_chunk, None, (weights, local), d * local.shape[1])[1]
+
+
+def _sparse_decode_fwd(W_dec, weights, local):
+    return sparse_decode(W_dec, weights, local), (W_dec, weights, local)
+
+
+def _sparse_decode_bwd(residuals, g):
+    """g: [B, P, d] -> (dW_dec [n_local, d], d weights [B, K, P], None)."""
+    W_dec, weights, local = residuals
+    d = W_dec.shape[1]
+
+    def chunk_grads(dW, chunk):
+        weights_c, local_c, g_c = chunk
+        d_weights = jnp.einsum("bpd,bkd->bkp", g_c, gather_rows(W_dec, local_c))
+        rows = jnp.einsum("bkp,bpd->bkd", weights_c, g_c).reshape(-1, d)
+        return dW.at[local_c.reshape(-1)].add(rows, mode="promise_in_bounds"), d_weights
+
+    dW = zeros_varying_like_all(W_dec.shape, W_dec.dtype, W_dec, weights, g)
+    dW, d_weights = scan_row_chunks(chunk_grads, dW, (weights, local, g), d * local.shape[1])
+    return reduce_to_type_of(dW, W_dec), reduce_to_type_of(d_weights, weights), None
+
+
+sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
 
 
 def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes, sparse: bool) -> jax.Array:
@@ -138,7 +208,7 @@ def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes
     sparse: a gather of the K decoder rows per row (gradient: scatter-add); dense: scatter to [B, n_local], matmul.
     """
     if sparse:
-        partial = jnp.einsum("bk,bkd->bd", jnp.where(sel.owned, acts, 0.0), gather_rows(W_dec, sel.local))
+        partial = sparse_decode(W_dec, jnp.where(sel.owned, acts, 0.0)[:, :, None], sel.local)[:, 0, :]
     else:
         partial = scatter_dense(acts, sel, W_dec.shape[0]) @ W_dec
     return psum(partial, axes.latent)
