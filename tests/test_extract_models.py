@@ -103,6 +103,9 @@ def test_scgpt_matches_plain_torch_reference(tmp_path):
     for layer in (0, 1):
         np.testing.assert_allclose(captured[layer][mask].numpy(), expected[layer][mask].numpy(), atol=2e-5, rtol=1e-4)
     assert torch.equal(last, captured[1])
+    with torch.inference_mode():  # stopping after block 0 gives the same block-0 states
+        first_only = model.hidden_states(ids, values, mask, [0])
+    assert set(first_only) == {0} and torch.equal(first_only[0], captured[0])
 
 
 def test_scgpt_fused_attention_names_load_identically(tmp_path):
