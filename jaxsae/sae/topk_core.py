@@ -79,6 +79,21 @@ def scan_row_chunks(body, carry, xs: tuple, elements_per_row: int):
     return carry, jax.tree.map(lambda y: y.reshape(b, *y.shape[2:]), ys)
 
 
+def scatter_add_outer(table: jax.Array, weights: jax.Array, local: jax.Array, vectors: jax.Array) -> jax.Array:
+    """out[local[b, k]] += sum_p weights[b, k, p] vectors[b, p] over all (b, k), into zeros shaped like `table`:
+    [n, d], [B, K, P], [B, K], [B, P, d] -> [n, d]. Over row chunks: no [B, K, d] update array in memory.
+    The sparse weight gradients (encoder and decoder) are all of this form."""
+    d = table.shape[1]
+
+    def scatter_chunk(out, chunk):
+        weights_c, local_c, vectors_c = chunk
+        rows = jnp.einsum("bkp,bpd->bkd", weights_c, vectors_c).reshape(-1, d)
+        return out.at[local_c.reshape(-1)].add(rows, mode="promise_in_bounds"), None
+
+    out = zeros_varying_like_all(table.shape, table.dtype, table, weights, vectors)
+    return scan_row_chunks(scatter_chunk, out, (weights, local, vectors), d * local.shape[1])[0]
+
+
 def gather_rows(table: jax.Array, index: jax.Array) -> jax.Array:
     """table[index] for in-range indices (Selection.local always is): [n, ...], [B, K] -> [B, K, ...].
     PERFORMANCE: promise_in_bounds drops the bounds handling from the gather and its scatter-add gradient."""
@@ -110,16 +125,8 @@ def _sparse_selected_pre_bwd(residuals, g):
     db_dec = -W_enc @ db_enc (a mat-vec). The cotangent for x (a gather of K encoder columns per row) is dead
     code when x is data, and XLA drops it."""
     W_enc, b_enc, b_dec, x, local = residuals
-    n_local, d = W_enc.shape[1], W_enc.shape[0]
-    centred = x - b_dec[None, :]
-
-    def scatter_chunk(dW_t, chunk):
-        g_c, centred_c, local_c = chunk
-        rows = (g_c[:, :, None] * centred_c[:, None, :]).reshape(-1, d)
-        return dW_t.at[local_c.reshape(-1)].add(rows, mode="promise_in_bounds"), None
-
-    dW_enc_t = zeros_varying_like_all((n_local, d), W_enc.dtype, W_enc, g, centred)
-    dW_enc_t, _ = scan_row_chunks(scatter_chunk, dW_enc_t, (g, centred, local), d * local.shape[1])
+    n_local = W_enc.shape[1]
+    dW_enc_t = scatter_add_outer(W_enc.T, g[:, :, None], local, (x - b_dec[None, :])[:, None, :])
     db_enc = jnp.zeros((n_local,), g.dtype).at[local.reshape(-1)].add(g.reshape(-1), mode="promise_in_bounds")
     dx = jnp.einsum("bk,bkd->bd", g, gather_rows(W_enc.T, local))
     cotangents = (dW_enc_t.T, db_enc, -(W_enc @ db_enc), dx)
@@ -186,16 +193,13 @@ def _sparse_decode_fwd(W_dec, weights, local):
 def _sparse_decode_bwd(residuals, g):
     """g: [B, P, d] -> (dW_dec [n_local, d], d weights [B, K, P], None)."""
     W_dec, weights, local = residuals
-    d = W_dec.shape[1]
 
-    def chunk_grads(dW, chunk):
-        weights_c, local_c, g_c = chunk
-        d_weights = jnp.einsum("bpd,bkd->bkp", g_c, gather_rows(W_dec, local_c))
-        rows = jnp.einsum("bkp,bpd->bkd", weights_c, g_c).reshape(-1, d)
-        return dW.at[local_c.reshape(-1)].add(rows, mode="promise_in_bounds"), d_weights
+    def d_weights_chunk(_, chunk):
+        local_c, g_c = chunk
+        return None, jnp.einsum("bpd,bkd->bkp", g_c, gather_rows(W_dec, local_c))
 
-    dW = zeros_varying_like_all(W_dec.shape, W_dec.dtype, W_dec, weights, g)
-    dW, d_weights = scan_row_chunks(chunk_grads, dW, (weights, local, g), d * local.shape[1])
+    d_weights = scan_row_chunks(d_weights_chunk, None, (local, g), W_dec.shape[1] * local.shape[1])[1]
+    dW = scatter_add_outer(W_dec, weights, local, g)
     return reduce_to_type_of(dW, W_dec), reduce_to_type_of(d_weights, weights), None
 
 
