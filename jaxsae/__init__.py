@@ -9,7 +9,10 @@ Public API (imported lazily, so `import jaxsae.store` stays light):
 
 import importlib
 
+from jaxsae.logs import install_default_handler
+
 __version__ = "0.1.0"
+install_default_handler()
 
 _EXPORTS = {
     "ConfigError": "jaxsae.sae.base", "SAEConfig": "jaxsae.sae.base",
