@@ -1,0 +1,170 @@
+"""The README is executable documentation: every fenced code block runs, in order, as a user would type it.
+
+A sandbox folder stands in for the user's clone: `experiments/` and `Makefile` link to the repository, and
+the README's placeholders (`cells.h5ad`, `path/to/model`, ...) are tiny real files made here. Shell blocks
+run line by line with the virtual environment's `bin/` first on PATH (so `jaxsae` is the installed console
+script); Python blocks run as scripts; TOML blocks are config fragments, appended to the TopK example config
+and trained on 8 simulated devices. Only sizes are shrunk (`SHRINK`: fewer steps, smaller benchmarks), each
+rule must still match the README, and a block no runner understands fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+# Placeholders of the README -> files made by the `sandbox` fixture (relative to it).
+PLACEHOLDERS = {
+    "path/to/model": "fixtures/geneformer",
+    "PATH/TO/Geneformer": "fixtures/geneformer",
+    "path/to/scgpt": "fixtures/scgpt",
+    "cells.h5ad": "fixtures/cells.h5ad",
+}
+
+# (pattern, replacement): sizes only. Each pattern must match the README somewhere (see test below).
+SHRINK = [
+    (r"^(jaxsae train \S+\.toml.*?)(\s+#.*)?$", r"\1 steps=30 log_every=10\2"),
+    (r'("run_dir=runs/topk-py")\]', r'\1, "steps=30", "log_every=10"]'),
+    (r"^(\.venv/bin/python experiments/quickstart\.py --model .*?)(\s+#.*)?$", r"\1 --steps 20 --out runs/qs\2"),
+    (r"^(\.venv/bin/python experiments/bench_train\.py)(.*?)(\s+#.*)?$",
+     r"\1\2 --d 32 --n 512 --k 8 --batch 256 --repeats 1\3"),
+    (r"^(\.venv/bin/python experiments/bench_scale\.py)(.*?)(\s+#.*)?$",
+     r"\1\2 --d 16 --n 256 --k 4 --batch 256 --repeats 1 --skip-memory\3"),
+    (r"^(\.venv/bin/python experiments/bench_extract\.py)(.*?)(\s+#.*)?$",
+     r"\1\2 --cells 24 --genes 120 --n-layers 2 --d-model 16 --layers 1 --repeats 1\3"),
+]
+
+
+def readme_blocks() -> list[tuple[str, str, int]]:
+    """(language, text, line number) of every fenced block of the README."""
+    text = README.read_text()
+    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
+
+
+def shrink(text: str) -> str:
+    for pattern, replacement in SHRINK:
+        text = re.sub(pattern, replacement, text, flags=re.M)
+    return text
+
+
+def localise(text: str, sandbox: Path) -> str:
+    for placeholder, target in PLACEHOLDERS.items():
+        text = text.replace(placeholder, str(sandbox / target))
+    return text.replace(".venv/bin/python", sys.executable)
+
+
+def commands(block: str) -> list[str]:
+    """The commands of a shell block: one per non-empty line, comments dropped."""
+    out = []
+    for line in block.splitlines():
+        parts = shlex.split(line, comments=True)
+        if parts:
+            out.append(line)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A user's clone as far as the README needs it, plus the files its placeholders name."""
+    from extract.testing import write_counts_h5ad, write_geneformer_folder, write_scgpt_folder
+
+    root = tmp_path_factory.mktemp("readme")
+    for name in ("experiments", "Makefile", "pyproject.toml"):
+        (root / name).symlink_to(REPO / name)
+    (root / ".venv").symlink_to(Path(sys.prefix))
+    fixtures = root / "fixtures"
+    fixtures.mkdir()
+    ids = [f"ENSG{i:011d}" for i in range(60)]
+    import pandas as pd
+
+    write_geneformer_folder(fixtures / "geneformer", ids, n_layers=6, d_model=16, n_heads=2, d_ff=32,
+                            max_positions=64)
+    symbols = [f"GENE{i}" for i in range(60)]
+    write_scgpt_folder(fixtures / "scgpt", symbols, n_layers=2, d_model=16, n_heads=2, d_hid=32)
+    write_counts_h5ad(fixtures / "cells.h5ad", 40, symbols, mean=1.0,
+                      var=pd.DataFrame({"ensembl_id": ids}, index=symbols))
+    return root
+
+
+def environment(sandbox: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)
+    env.pop("XLA_FLAGS", None)  # blocks run as a user's fresh processes do (one CPU device)
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def run(command: str, sandbox: Path, env: dict, where: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command, shell=True, cwd=sandbox, env=env, capture_output=True, text=True, timeout=900,
+                          executable="/bin/bash")
+    assert proc.returncode == 0, (
+        f"README {where}: `{command}` exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
+        f"--- stderr\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def run_make(command: str, sandbox: Path, env: dict, where: str) -> None:
+    """`make demo` runs for real on a small budget (outputs in the sandbox); `make test` is this very suite,
+    so its recipe is checked with a dry run instead of recursing."""
+    target = command.split()[1]
+    stamp = f"{sys.prefix}/.jaxsae-installed"  # never reinstall the environment the tests run in
+    make = f"make -o {stamp} VENV={sys.prefix}"
+    if target == "test":
+        dry = run(f"{make} -n test", sandbox, env, where)
+        assert re.search(r"python -m pytest", dry.stdout), dry.stdout
+        return
+    assert target == "demo", f"README {where}: no runner for `{command}`"
+    args = "--cache runs/demo-cache --out runs/demo --pretrain-seconds 3 --steps 20"
+    proc = run(f'{make} demo ARGS="{args}"', sandbox, env, where)
+    assert "dictionary:" in proc.stdout and "activation store:" in proc.stdout, proc.stdout
+
+
+def run_toml(block: str, sandbox: Path, env: dict, where: str) -> None:
+    """A config fragment: the TopK example with the fragment appended trains on 8 simulated devices."""
+    config = sandbox / f"fragment_{where.replace(' ', '_')}.toml"
+    base = (REPO / "experiments/configs/topk.toml").read_text()
+    config.write_text(base + "\n" + block)
+    env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    run(f"jaxsae train {config} data.store=runs/synth-store run_dir=runs/{config.stem} steps=5 log_every=5",
+        sandbox, env, where)
+
+
+def test_every_shrink_rule_still_matches_the_readme():
+    text = README.read_text()
+    for pattern, _ in SHRINK:
+        assert re.search(pattern, text, flags=re.M), f"SHRINK rule {pattern!r} matches nothing in README.md"
+
+
+def test_every_readme_block_runs(sandbox):
+    env = environment(sandbox)
+    blocks = readme_blocks()
+    assert blocks, "README.md has no code blocks"
+    for language, text, line in blocks:
+        where = f"line {line}"
+        text = localise(shrink(text), sandbox)
+        if language in ("bash", "sh", "shell"):
+            for command in commands(text):
+                if command.startswith("make "):
+                    run_make(command, sandbox, env, where)
+                else:
+                    run(command, sandbox, env, where)
+        elif language == "python":
+            script = sandbox / f"block_{line}.py"
+            script.write_text(text)
+            run(f"{sys.executable} {script}", sandbox, env, where)
+        elif language == "toml":
+            run_toml(text, sandbox, env, where)
+        else:
+            pytest.fail(f"README line {line}: a ```{language} block that no runner understands")
