@@ -46,12 +46,6 @@ def _cmd_synth(args) -> int:
     return 0
 
 
-def _cmd_extract(args) -> int:
-    from extract.cli import run_extract_cli
-
-    return run_extract_cli(args) or 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsae", description="Sparse autoencoders for single-cell model activations")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -234,11 +234,15 @@ def write_manifest(store_path: Path, manifest: Manifest) -> None:
     """Atomically replace `store_path/manifest.json`: write a temporary file, fsync, rename, fsync the folder."""
     target = store_path / MANIFEST_NAME
     tmp = store_path / f".{MANIFEST_NAME}.tmp"
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written leftover (e.g. on a full disk)
+        raise
     folder = os.open(store_path, os.O_RDONLY)
     try:
         os.fsync(folder)
