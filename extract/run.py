@@ -45,9 +45,7 @@ from extract.counts import CountSource, sha256_file
 from extract.errors import ExtractError
 from extract.models import ExtractModel, load_model
 from extract.tokenize.genes import TokenizedCells
-from jaxsae.store import StoreWriter
-from jaxsae.store.errors import StoreError, StoreWriteError
-from jaxsae.store.lock import FolderLock
+from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
 from jaxsae.store.manifest import read_manifest
 
 INDEX_FILE = "extraction.json"
