@@ -334,12 +334,17 @@ def extract(
                     "complete": True, "layers": layers, "kinds": kinds, "source": common,
                     "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
                 })
-            except (OSError, ValueError) as err:  # StoreError is a ValueError
-                reason = err.reason if isinstance(err, StoreWriteError) else str(err)
+            except (OSError, StoreWriteError) as err:
+                reason = err.reason if isinstance(err, StoreWriteError) else f"{err.strerror}: {err.filename}"
                 raise ExtractError(
                     f"writing the stores under {out_dir} failed ({reason}); each store keeps its last commit and "
                     f"none is marked complete; free disk space (or fix the cause), then rerun the same jaxsae "
                     "extract command: it resumes where the stores stopped"
+                ) from err
+            except StoreError as err:  # e.g. non-finite activations, refused by the writer before buffering
+                raise ExtractError(
+                    f"storing the activations under {out_dir} failed: {err}; the stores keep their last commit and "
+                    "none is marked complete"
                 ) from err
     return result
 
