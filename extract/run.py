@@ -335,7 +335,7 @@ def extract(
                     "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
                 })
             except (OSError, StoreWriteError) as err:
-                reason = err.reason if isinstance(err, StoreWriteError) else f"{err.strerror}: {err.filename}"
+                reason = err.reason if isinstance(err, StoreWriteError) else str(err)
                 raise ExtractError(
                     f"writing the stores under {out_dir} failed ({reason}); each store keeps its last commit and "
                     f"none is marked complete; free disk space (or fix the cause), then rerun the same jaxsae "

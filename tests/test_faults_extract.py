@@ -105,6 +105,7 @@ def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, tmp_path
     assert interrupted >= 4, f"only {interrupted} of 5 kills landed during the extraction"
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_marks_nothing_complete_and_the_rerun_completes(case, tmp_path):
     adata, model = case
     reference = tmp_path / "reference"
