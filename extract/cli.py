@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-
-from extract.errors import ExtractError
 
 _HELP = {
     "counts_layer": "where the raw counts are: X (default), raw (adata.raw.X) or a layers key",
@@ -25,10 +22,14 @@ _HELP = {
     "progress_bar": "show a tqdm progress bar",
     "model_input_size": "Geneformer input length (default: the model's max_position_embeddings)",
     "max_seq_len": "scGPT max sequence length incl. <cls> (default: args.json)",
-    "n_hvg": "scGPT highly variable genes: 'args' (args.json), 'none' or a number",
+    "n_hvg": "scGPT: restrict to N highly variable genes ('args' = args.json's n_hvg; default: all genes, as "
+             "scGPT's embedding path)",
     "hvg_flavor": "scanpy HVG flavor (seurat_v3 needs scikit-misc; seurat works without)",
     "include_zero_genes": "scGPT: feed all kept genes, zeros included",
     "seed": "seed of scGPT's gene subsampling for cells longer than max_seq_len",
+    "binning_seed": "seed of scGPT's value binning (ties with bin edges get a random bin, as scGPT does); "
+                    "recorded in the manifest",
+    "duplicate_genes": "var rows naming the same model gene: sum (default), first, or error",
     "token_dictionary": "Geneformer token dictionary .pkl if not in the model folder",
     "gene_median_dictionary": "Geneformer gene median dictionary .pkl if not in the model folder",
     "gene_name_dictionary": "Geneformer gene name -> Ensembl dictionary .pkl if not in the model folder",
@@ -50,7 +51,7 @@ def _n_hvg(text: str):
 
 def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `extract` verb to an argparse subparsers object; returns its parser."""
-    from extract.config import ExtractConfig
+    from extract.config import DUPLICATE_POLICIES, ExtractConfig
 
     parser = subparsers.add_parser(
         "extract",
@@ -71,23 +72,25 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
                                 help=_HELP[field.name])
         elif field.name == "n_hvg":
             parser.add_argument(flag, type=_n_hvg, default=field.default, help=_HELP[field.name])
+        elif field.name == "duplicate_genes":
+            parser.add_argument(flag, choices=DUPLICATE_POLICIES, default=field.default, help=_HELP[field.name])
         else:
             kind = int if "int" in str(field.type) else str
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name])
+    parser.set_defaults(fn=run_extract_cli)
     return parser
 
 
 def run_extract_cli(args: argparse.Namespace) -> int:
-    """Run the `extract` verb from parsed arguments; prints the token store of each layer. Returns an exit code."""
+    """Run the `extract` verb from parsed arguments; prints every store written. Returns 0; bad input raises
+    ExtractError, which `jaxsae.cli.main` prints as one `error: ...` line (exit code 2)."""
     from extract.config import ExtractConfig
     from extract.run import extract
+    from jaxsae.store import open_store
 
-    try:
-        config = ExtractConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig)})
-        stores = extract(args.adata, args.model, args.out_dir, layers=args.layers, config=config)
-    except ExtractError as err:
-        print(f"jaxsae extract: error: {err}", file=sys.stderr)
-        return 2
-    for layer, path in stores.items():
-        print(f"layer {layer}: {path}")
+    config = ExtractConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig)})
+    stores = extract(args.adata, args.model, args.out_dir, layers=args.layers, config=config)
+    for layer, token_store in stores.items():
+        for path in sorted(p for p in token_store.parent.iterdir() if (p / "manifest.json").is_file()):
+            print(f"layer {layer} {path.name:<9} {path}  ({open_store(path).n_rows:,} rows)")
     return 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from extract.errors import ExtractError
 
 _DTYPES = ("float32", "bfloat16")
+DUPLICATE_POLICIES = ("sum", "first", "error")
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,10 @@ class ExtractConfig:
     store_dtype: dtype of stored activations. compute_dtype: "bfloat16" runs the model under autocast
         (meant for GPUs). device: "auto", "cpu", "cuda", "cuda:1", ...
     model_input_size: Geneformer input length (default: the model's max_position_embeddings).
-    max_seq_len, n_hvg ("args" = from args.json, None = all genes), hvg_flavor, include_zero_genes, seed:
-        scGPT tokenisation.
+    max_seq_len, n_hvg (None = all genes, as scGPT's embedding path; N = the N most variable genes; "args" =
+        args.json's n_hvg), hvg_flavor, include_zero_genes, seed (subsampling of long cells), binning_seed
+        (tie-breaking of scGPT's value binning): scGPT tokenisation.
+    duplicate_genes: var rows that name the same model gene: "sum" their counts, keep the "first", or "error".
     token_dictionary, gene_median_dictionary, gene_name_dictionary: Geneformer dictionaries when they are
         not in the model folder.
     """
@@ -43,10 +46,12 @@ class ExtractConfig:
     progress_bar: bool = True
     model_input_size: int | None = None
     max_seq_len: int | None = None
-    n_hvg: int | str | None = "args"
+    n_hvg: int | str | None = None
     hvg_flavor: str = "seurat_v3"
     include_zero_genes: bool = False
     seed: int = 0
+    binning_seed: int = 0
+    duplicate_genes: str = "sum"
     token_dictionary: str | None = None
     gene_median_dictionary: str | None = None
     gene_name_dictionary: str | None = None
@@ -59,6 +64,12 @@ class ExtractConfig:
         for name in ("store_dtype", "compute_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ExtractError(f"{name} must be one of {_DTYPES}, found {getattr(self, name)!r}")
+        for name in ("seed", "binning_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ExtractError(f"{name} must be an integer >= 0, found {value!r}")
+        if self.duplicate_genes not in DUPLICATE_POLICIES:
+            raise ExtractError(f"duplicate_genes must be one of {DUPLICATE_POLICIES}, found {self.duplicate_genes!r}")
         if not (self.n_hvg in ("args", None) or (isinstance(self.n_hvg, int) and self.n_hvg > 0)):
             raise ExtractError(f"n_hvg must be 'args', None or a positive integer, found {self.n_hvg!r}")
 
@@ -66,5 +77,6 @@ class ExtractConfig:
         return {
             "gene_column": self.gene_column, "model_input_size": self.model_input_size,
             "max_seq_len": self.max_seq_len, "n_hvg": self.n_hvg, "hvg_flavor": self.hvg_flavor,
-            "include_zero_genes": self.include_zero_genes, "seed": self.seed,
+            "include_zero_genes": self.include_zero_genes, "seed": self.seed, "binning_seed": self.binning_seed,
+            "duplicate_genes": self.duplicate_genes,
         }

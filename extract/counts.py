@@ -35,11 +35,13 @@ class CountSource:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ExtractError(f"AnnData file {self.path} does not exist")
+            raise ExtractError(f"AnnData file {self.path} does not exist (or is not a file); expected an .h5ad of raw "
+                               "counts; check the path")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
-            raise ExtractError(f"{self.path} is not an .h5ad (HDF5) file: {err}") from err
+            raise ExtractError(f"{self.path} cannot be read as an .h5ad (HDF5) file ({err}); expected an AnnData "
+                               "written by anndata.write_h5ad; check the file (a partial download?)") from None
         self.counts_layer = counts_layer or "X"
         if self.counts_layer == "X":
             key, var_key = "X", "var"

@@ -1,18 +1,28 @@
 """Extraction: AnnData of raw counts + model folder -> activation stores (one per layer and kind).
 
 Output folder:
-    out_dir/layer_{L}/tokens/      one row per gene token of every cell: residual stream after block L
-    out_dir/layer_{L}/cell_mean/   one row per cell: mean of its gene-token rows (token_id = position = -1)
-    out_dir/layer_{L}/cell_cls/    one row per cell: the <cls> token (models with one: Geneformer V2, scGPT)
-    out_dir/skipped_cells.json     cells with no expressed model gene (skipped with a warning)
+    out_dir/layer_{L}/tokens/      one row per gene token of every cell (plus <cls>/<eos> rows with
+                                   include_special_tokens): the residual stream after block L at that position
+    out_dir/layer_{L}/cell_mean/   one row per cell: the unweighted mean over the cell's gene-token positions
+                                   of that residual stream (special tokens and padding excluded, whatever
+                                   include_special_tokens says; token_id = position = -1)
+    out_dir/layer_{L}/cell_cls/    one row per cell: the residual stream at position 0, the <cls> token
+                                   (models with one: Geneformer V2, scGPT; token_id = <cls>, position = 0)
+    out_dir/skipped_cells.json     cells with no expressed model gene (skipped, with a logged notice)
+    out_dir/extract.lock           while an extraction runs: its pid, host and token (one extraction per out_dir)
     out_dir/extraction.json        written last, when every store is complete: {"complete": true, ...}
 Every store's manifest `source` holds the model, checkpoint sha256, layer, kind, tokeniser settings and the
-AnnData file's sha256; rows carry cell_index (AnnData row), token_id (model token) and position (in the
-model input, special tokens counted).
+AnnData file's sha256 (plus the model and AnnData paths, for people only); rows carry cell_index (AnnData
+row), token_id (model token) and position (in the model input, special tokens counted).
+
+Reuse and refusal: an existing output is matched by content (checkpoint sha256, AnnData sha256, tokeniser
+and extraction settings), never by how a path is spelled. One that differs is refused before anything on disk
+changes, naming each differing field (old -> new).
 
 Order and resume: cells are processed in windows of `cells_per_commit` consecutive AnnData rows; inside a
 window, cells are sorted by length (longest first, ties by row) into batches, which limits padding. After
-each window every store commits, in a fixed order, with progress {"cells_done": end of window}. A rerun
+each window every store commits, in a fixed order, with progress {"cells_done": end of window,
+"cells_total": cells in the AnnData} (a store with cells_done < cells_total is incomplete). A rerun
 opens the stores, restarts at the smallest cells_done, and appends to each store only the windows it has
 not committed, so an interrupted run ends identical to an uninterrupted one (no duplicates, no gaps).
 """
@@ -22,8 +32,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +45,24 @@ from extract.counts import CountSource, sha256_file
 from extract.errors import ExtractError
 from extract.models import ExtractModel, load_model
 from extract.tokenize.genes import TokenizedCells
+from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
+from jaxsae.store.manifest import read_manifest
 
 INDEX_FILE = "extraction.json"
 SKIPPED_FILE = "skipped_cells.json"
+LOCK_FILE = "extract.lock"
 SCAN_ROWS = 4096  # cells per block in the validation pass
+PATH_FIELDS = ("model_dir", "adata.path")  # recorded for people, never compared: outputs match by content
+log = logging.getLogger("jaxsae.extract")
+
+
+class ExtractionLock(FolderLock):
+    """`<out_dir>/extract.lock`: one extraction per output folder; a second one gets an ExtractError."""
+
+    locked_error = ExtractError
+
+    def __init__(self, out_dir: Path):
+        super().__init__(out_dir, LOCK_FILE, "extraction", field="out_dir")
 
 
 @dataclass(frozen=True)
@@ -103,37 +127,86 @@ def scan_counts(source: CountSource, tokenizer) -> tuple[np.ndarray, np.ndarray]
     return n_tokens, n_expressed
 
 
+def differences(old: dict, new: dict) -> list[str]:
+    """`field: old -> new` for every differing leaf of two manifest sources, paths (PATH_FIELDS) excluded."""
+    a, b = _comparable(old), _comparable(new)
+    return [f"{key}: {_short(a.get(key, '(absent)'))} -> {_short(b.get(key, '(absent)'))}"
+            for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
+
+
+def _comparable(source: dict) -> dict:
+    flat = _flatten(json.loads(json.dumps(source, default=str)))
+    return {key: value for key, value in flat.items() if key not in PATH_FIELDS}
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict) and obj:
+        return {k: v for key, value in obj.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj}
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _refuse(where: Path, diffs: list[str]) -> ExtractError:
+    return ExtractError(
+        f"{where} holds an extraction that differs from this one in {len(diffs)} field(s): {'; '.join(diffs)}; "
+        "nothing was changed; pass overwrite=True (--overwrite) to replace it, or choose another out_dir"
+    )
+
+
+def check_existing(out_dir: Path, paths: dict, sources: dict, common: dict) -> None:
+    """Refuse (ExtractError naming the differing fields) when the index or any existing store of `out_dir`
+    belongs to another extraction; reads only, so a refusal leaves everything as it was."""
+    index = out_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            previous = json.loads(index.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ExtractError(f"{index} cannot be read ({err}); pass --overwrite to redo the extraction") from None
+        diffs = differences(previous.get("source", {}), common)
+        if diffs:
+            raise _refuse(out_dir, diffs)
+    for key, path in paths.items():
+        if not (path / "manifest.json").is_file():
+            continue
+        try:
+            manifest = read_manifest(path)
+        except StoreError as err:
+            raise ExtractError(f"cannot open store {path}: {err}") from None
+        diffs = differences(manifest.source, sources[key])
+        if diffs:
+            raise _refuse(path, diffs)
+
+
 class _Stores:
-    """The writers of one extraction, opened or created, and how far each one has committed."""
+    """The writers of one extraction, opened (resume) or created, and how far each one has committed."""
 
-    def __init__(self, paths: dict, sources: dict, d_model: int, config: ExtractConfig):
-        from jaxsae.store import StoreError, StoreWriter
-
+    def __init__(self, paths: dict, sources: dict, d_model: int, config: ExtractConfig, n_cells: int):
+        self.n_cells = n_cells
         self.writers = {}
         self.cells_done = {}
         for key, path in paths.items():
-            try:
-                if (path / "manifest.json").is_file() and not config.overwrite:
-                    writer = StoreWriter.open(path)
-                    if _canonical(writer.manifest.source) != _canonical(sources[key]):
-                        raise ExtractError(
-                            f"{path} holds an extraction with different settings, model or AnnData; pass "
-                            "overwrite=True (--overwrite) to replace it, or choose another out_dir"
-                        )
-                else:
-                    writer = StoreWriter.create(
-                        path, d_model=d_model, dtype=config.store_dtype, shard_rows=config.shard_rows,
-                        chunk_rows=config.chunk_rows, source=sources[key], overwrite=True,
-                    )
-            except StoreError as err:
-                raise ExtractError(f"cannot open store {path}: {err}") from err
+            if (path / "manifest.json").is_file() and not config.overwrite:
+                writer = StoreWriter.open(path)
+            else:
+                writer = StoreWriter.create(
+                    path, d_model=d_model, dtype=config.store_dtype, shard_rows=config.shard_rows,
+                    chunk_rows=config.chunk_rows, source=sources[key], overwrite=True,
+                    progress=self.progress(0),
+                )
             self.writers[key] = writer
             self.cells_done[key] = int(writer.progress.get("cells_done", 0))
+
+    def progress(self, cells_done: int) -> dict:
+        return {"cells_done": cells_done, "cells_total": self.n_cells}
 
     def commit(self, cells_done: int) -> None:
         for key, writer in self.writers.items():  # fixed order: dict order of store_paths
             if self.cells_done[key] < cells_done:
-                writer.commit(progress={"cells_done": cells_done})
+                writer.commit(progress=self.progress(cells_done))
                 self.cells_done[key] = cells_done
 
     def close(self) -> None:
@@ -141,14 +214,14 @@ class _Stores:
             writer.close()
 
 
-def _canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
-
-
 def _write_json_atomic(path: Path, content: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(content, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: ExtractConfig) -> dict[int, torch.Tensor]:
@@ -204,26 +277,29 @@ def extract(
     adata_path: .h5ad with raw integer counts. model_path: a Geneformer or scGPT model folder. layers:
     block indices (layer L = residual stream after block L; negative counts from the end). options: fields
     of `ExtractConfig` (or pass `config`). Returns {layer: path of its token store}. Reruns with the same
-    arguments resume an interrupted extraction; a finished one is returned as is.
-    Raises ExtractError before writing anything when the input cannot work.
+    inputs (matched by content, not path) resume an interrupted extraction; a finished one is returned as is.
+    Raises ExtractError before writing anything when the input cannot work, when out_dir holds another
+    extraction, or when another extraction is running there; a failed write (e.g. a full disk) is an
+    ExtractError too, and the stores keep their last commit for the rerun.
     """
     config = config or ExtractConfig(**options)
     out_dir = Path(out_dir)
-    geneformer_files = {
-        k: getattr(config, k) for k in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary")
-        if getattr(config, k) is not None
-    }
-    model = load_model(model_path, device=config.device, **geneformer_files)
-    layers = model.check_layers(list(layers))
-    with CountSource(adata_path, config.counts_layer) as source:
+    if not Path(model_path).is_dir():
+        raise ExtractError(f"model folder {model_path} does not exist (or is not a folder); pass the folder that "
+                           "holds the model (Geneformer: config.json + weights; scGPT: args.json, vocab.json, "
+                           "best_model.pt)")
+    with CountSource(adata_path, config.counts_layer) as source:  # AnnData problems surface before the model loads
+        geneformer_files = {
+            k: getattr(config, k) for k in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary")
+            if getattr(config, k) is not None
+        }
+        model = load_model(model_path, device=config.device, **geneformer_files)
+        layers = model.check_layers(list(layers))
         full_counts = source.rows(0, source.n_cells) if model.kind == "scgpt" and _wants_hvg(model, config) else None
         tokenizer = model.make_tokenizer(source.var, counts=full_counts, **config.tokenizer_options())
         del full_counts
         n_tokens, n_expressed = scan_counts(source, tokenizer)
         skipped = np.flatnonzero(n_expressed == 0)
-        if len(skipped):
-            warnings.warn(f"skipping {len(skipped)} of {source.n_cells} cells with no expressed model gene "
-                          f"(listed in {out_dir / SKIPPED_FILE})", stacklevel=2)
         has_cls = getattr(model, "cls_token_id", None) is not None
         kinds = ["tokens"] + (["cell_mean"] + (["cell_cls"] if has_cls else []) if config.cell_embeddings else [])
         common = {
@@ -238,24 +314,49 @@ def extract(
         }
         paths = store_paths(out_dir, layers, kinds)
         sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in paths}
-        index = out_dir / INDEX_FILE
-        if index.is_file() and not config.overwrite:
-            previous = json.loads(index.read_text())
-            if previous.get("complete") and _canonical(previous.get("source")) == _canonical(common) \
-                    and previous.get("layers") == layers and previous.get("kinds") == kinds:
-                return {layer: paths[(layer, "tokens")] for layer in layers}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        index.unlink(missing_ok=True)
-        _write_json_atomic(out_dir / SKIPPED_FILE, {"reason": "no expressed model gene",
-                                                    "cell_index": skipped.tolist()})
-        stores = _Stores(paths, sources, model.d_model, config)
-        _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
-        stores.close()
-    _write_json_atomic(index, {
-        "complete": True, "layers": layers, "kinds": kinds, "source": common,
-        "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
-    })
-    return {layer: paths[(layer, "tokens")] for layer in layers}
+        result = {layer: paths[(layer, "tokens")] for layer in layers}
+        with ExtractionLock(out_dir):
+            if not config.overwrite:
+                check_existing(out_dir, paths, sources, common)
+                if _finished(out_dir, layers, kinds):
+                    return result
+            if len(skipped):
+                log.warning(f"skipping {len(skipped)} of {source.n_cells} cells with no expressed model gene "
+                            f"(listed in {out_dir / SKIPPED_FILE})")
+            try:
+                (out_dir / INDEX_FILE).unlink(missing_ok=True)
+                _write_json_atomic(out_dir / SKIPPED_FILE, {"reason": "no expressed model gene",
+                                                            "cell_index": skipped.tolist()})
+                stores = _Stores(paths, sources, model.d_model, config, source.n_cells)
+                _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
+                stores.close()
+                _write_json_atomic(out_dir / INDEX_FILE, {
+                    "complete": True, "layers": layers, "kinds": kinds, "source": common,
+                    "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
+                })
+            except (OSError, StoreWriteError) as err:
+                reason = err.reason if isinstance(err, StoreWriteError) else str(err)
+                raise ExtractError(
+                    f"writing the stores under {out_dir} failed ({reason}); each store keeps its last commit and "
+                    f"none is marked complete; free disk space (or fix the cause), then rerun the same jaxsae "
+                    "extract command: it resumes where the stores stopped"
+                ) from err
+            except StoreError as err:  # e.g. non-finite activations, refused by the writer before buffering
+                raise ExtractError(
+                    f"storing the activations under {out_dir} failed: {err}; the stores keep their last commit and "
+                    "none is marked complete"
+                ) from err
+    return result
+
+
+def _finished(out_dir: Path, layers: list[int], kinds: list[str]) -> bool:
+    """Whether out_dir's index says a finished extraction (already checked to match) covers these layers/kinds."""
+    index = out_dir / INDEX_FILE
+    if not index.is_file():
+        return False
+    previous = json.loads(index.read_text())
+    return bool(previous.get("complete")) and set(layers) <= set(previous.get("layers", [])) \
+        and previous.get("kinds") == kinds
 
 
 def _wants_hvg(model, config: ExtractConfig) -> bool:

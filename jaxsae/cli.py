@@ -35,6 +35,14 @@ def _cmd_store_info(args) -> int:
     return 0
 
 
+def _cmd_store_verify(args) -> int:
+    from jaxsae.store import verify_store
+
+    report = verify_store(args.path)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def _cmd_synth(args) -> int:
     from jaxsae.data.synthetic import SynthConfig, synthesize
 
@@ -44,12 +52,6 @@ def _cmd_synth(args) -> int:
     path = synthesize(args.out, cfg, overwrite=args.overwrite)
     print(f"synthetic store: {path} ({cfg.rows} rows, d={cfg.d_model}, {cfg.n_features} true features)")
     return 0
-
-
-def _cmd_extract(args) -> int:
-    from extract.cli import run_extract_cli
-
-    return run_extract_cli(args) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = store_sub.add_parser("info", help="validate and describe a store")
     q.add_argument("path")
     q.set_defaults(fn=_cmd_store_info)
+    q = store_sub.add_parser("verify", help="read every committed row: NaN/Inf, norm statistics, metadata, "
+                                            "completeness (exit 0 sound, 1 problems found, 2 not a store)")
+    q.add_argument("path")
+    q.set_defaults(fn=_cmd_store_verify)
 
     p = sub.add_parser("synth", help="write a synthetic store made from a known sparse dictionary")
     p.add_argument("out")

@@ -101,7 +101,7 @@ def test_metrics_after_the_restored_step_are_dropped(tmp_path):
     assert on_disk == kept
 
 
-def test_a_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
+def test_a_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
     with RunLock(str(tmp_path)):
         with pytest.raises(RunLockedError, match=f"pid {os.getpid()}") as refused:
             RunLock(str(tmp_path)).acquire()
@@ -111,10 +111,11 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "train.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
-    with pytest.warns(UserWarning, match=f"pid {dead.pid}.* is gone"):
-        lock = RunLock(str(tmp_path)).acquire()
+    lock = RunLock(str(tmp_path)).acquire()
+    assert f"pid {dead.pid}) is gone" in capsys.readouterr().err
     assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
     lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no guard file left behind
 
     (tmp_path / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
     with pytest.raises(RunLockedError, match="host elsewhere"):

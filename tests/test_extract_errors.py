@@ -66,12 +66,13 @@ def test_gene_identifiers_refused(tmp_path, model_dir):
             gene_column="ensembl")
 
 
-def test_empty_cells_skipped_with_warning(tmp_path, model_dir):
+def test_empty_cells_skipped_with_one_logged_line(tmp_path, model_dir, capsys):
     x = counts()
     x[2] = 0
-    with pytest.warns(UserWarning, match="skipping 1 of 6 cells"):
-        extract(write_h5ad(tmp_path / "e.h5ad", sp.csr_matrix(x), GENES), model_dir, tmp_path / "out", layers=[0],
-                device="cpu", progress_bar=False)
+    extract(write_h5ad(tmp_path / "e.h5ad", sp.csr_matrix(x), GENES), model_dir, tmp_path / "out", layers=[0],
+            device="cpu", progress_bar=False)
+    err = capsys.readouterr().err
+    assert err.startswith("jaxsae: skipping 1 of 6 cells") and len(err.splitlines()) == 1, err
     assert '"cell_index": [\n    2\n  ]' in (tmp_path / "out/skipped_cells.json").read_text()
 
 
@@ -120,3 +121,36 @@ def test_pickle_that_would_run_code_is_refused_unexecuted(tmp_path):
     path.write_bytes(pickle.dumps({"a": np.array([1.0])}))
     with pytest.raises(ExtractError, match="refusing"):
         load_plain_pickle(path)
+
+
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
+def test_duplicate_gene_ids_logged_recorded_or_refused(tmp_path, model_dir, capsys):
+    names = GENES[:18] + [GENES[3], GENES[5] + ".2"]  # two model genes appear twice (one with a version suffix)
+    adata = write_h5ad(tmp_path / "dup.h5ad", counts(), names)
+    out = extract(adata, model_dir, tmp_path / "sum", layers=[0], device="cpu", progress_bar=False)
+    err = capsys.readouterr().err
+    assert f"2 model genes appear in more than one var column (e.g. {GENES[3]} x2, {GENES[5]} x2): their counts " \
+           "are summed" in err and len(err.splitlines()) == 1, err
+    from jaxsae.store import open_store
+
+    settings = open_store(out[0]).source["tokenizer"]
+    assert (settings["duplicate_genes"], settings["n_duplicate_genes"], settings["n_genes_used"]) == ("sum", 2, 18)
+    extract(adata, model_dir, tmp_path / "first", layers=[0], device="cpu", progress_bar=False,
+            duplicate_genes="first")
+    assert "only the first column of each is used" in capsys.readouterr().err
+    refused(tmp_path, adata, model_dir, rf"2 model genes .*{GENES[3]} x2.*adata.var_names_make_unique\(\)",
+            duplicate_genes="error")
+
+
+def test_missing_or_unreadable_inputs_are_refused_before_the_model_loads(tmp_path, model_dir, monkeypatch):
+    import extract.run as extract_run
+
+    def no_model_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input paths were checked")
+
+    monkeypatch.setattr(extract_run, "load_model", no_model_load)
+    refused(tmp_path, tmp_path / "missing.h5ad", model_dir, r"AnnData file .*missing.h5ad does not exist")
+    (tmp_path / "junk.h5ad").write_text("not an hdf5 file")
+    refused(tmp_path, tmp_path / "junk.h5ad", model_dir, r"cannot be read as an .h5ad")
+    adata = write_h5ad(tmp_path / "ok.h5ad", counts(), GENES)
+    refused(tmp_path, adata, tmp_path / "no_model", r"model folder .*no_model does not exist")

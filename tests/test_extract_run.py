@@ -85,8 +85,37 @@ def test_scgpt_extraction_and_refusing_other_settings(tmp_path):
         f"layer_{i}/{k}" for i in (0, 1) for k in ("tokens", "cell_mean", "cell_cls")}
     assert extract(adata, model_dir, tmp_path / "out", layers=[0, 1], device="cpu", progress_bar=False,
                    include_special_tokens=True) == out  # finished: returned as is
-    with pytest.raises(ExtractError, match="different settings"):
+    index_before = (tmp_path / "out/extraction.json").read_bytes()
+    manifests_before = {p: (p / "manifest.json").read_bytes() for p in all_stores(tmp_path / "out")}
+    with pytest.raises(ExtractError, match=r"in 1 field\(s\): extraction.include_special_tokens: true -> false"):
         extract(adata, model_dir, tmp_path / "out", layers=[0, 1], device="cpu", progress_bar=False)
+    assert (tmp_path / "out/extraction.json").read_bytes() == index_before  # a refusal changes nothing
+    assert {p: (p / "manifest.json").read_bytes() for p in all_stores(tmp_path / "out")} == manifests_before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extraction.json", "layer_0", "layer_1",
+                                                                   "skipped_cells.json"]  # no lock, no .tmp
+
+
+def test_outputs_match_by_content_not_path_spelling(tmp_path, monkeypatch):
+    adata = write_counts_h5ad(tmp_path / "cells.h5ad", 12, SYMBOLS)
+    model_dir = write_scgpt_folder(tmp_path / "model", SYMBOLS, max_seq_len=16)
+    options = dict(layers=[1], device="cpu", progress_bar=False, cells_per_commit=4)
+    out = extract(adata, model_dir, tmp_path / "out", **options)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "model")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # relative paths, from another folder, the model via a symlink
+    again = extract("../cells.h5ad", "../link", "../out", **options)
+    assert [p.resolve() for p in again.values()] == [p.resolve() for p in out.values()]
+    copy = tmp_path / "copy.h5ad"  # the same bytes under another name: the same extraction
+    copy.write_bytes(adata.read_bytes())
+    assert extract(copy, tmp_path / "model", tmp_path / "out", **options) == out
+    other = write_counts_h5ad(tmp_path / "other.h5ad", 12, SYMBOLS, seed=5)
+    with pytest.raises(ExtractError, match=r"adata.sha256: \"[0-9a-f]{64}\" -> \"[0-9a-f]{64}\""):
+        extract(other, model_dir, tmp_path / "out", **options)
+    assert json.loads((tmp_path / "out/extraction.json").read_text())["complete"] is True
+    # an interrupted output is matched by content too: its stores resume from any spelling of the paths
+    (tmp_path / "out/extraction.json").unlink()
+    assert extract("../cells.h5ad", "../link", "../out", **options) == again
+    assert (tmp_path / "out/extraction.json").is_file()
 
 
 CHILD = textwrap.dedent("""
@@ -136,7 +165,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(geneformer_case, tmp_path):
     assert [p.relative_to(out) for p in new_stores] == [p.relative_to(tmp_path / "reference") for p in ref_stores]
     for ref_path, new_path in zip(ref_stores, new_stores):
         ref, new = open_store(ref_path), open_store(new_path)
-        assert ref.n_rows == new.n_rows > 0 and new.progress == {"cells_done": 40}
+        assert ref.n_rows == new.n_rows > 0 and new.progress == {"cells_done": 40, "cells_total": 40}
         np.testing.assert_array_equal(ref.read_rows(0, ref.n_rows), new.read_rows(0, new.n_rows))
         for name, values in ref.read_metadata(0, ref.n_rows).items():
             np.testing.assert_array_equal(values, new.read_metadata(0, new.n_rows)[name])
@@ -161,7 +190,7 @@ def test_a_failed_store_write_commits_nothing_after_it_and_a_rerun_completes(gen
 
     monkeypatch.setattr(extract_run, "write_batch", failing_write_batch)
     out = tmp_path / "failed"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ExtractError, match="disk full.*rerun the same jaxsae extract command"):
         extract(adata, model_dir, out, **options)
     assert calls[4] == 16 and not (out / "extraction.json").exists()
     for path in all_stores(out):  # the failed window (cells 8..16) and everything after it stay uncommitted
@@ -169,5 +198,5 @@ def test_a_failed_store_write_commits_nothing_after_it_and_a_rerun_completes(gen
     monkeypatch.setattr(extract_run, "write_batch", real_write_batch)
     extract(adata, model_dir, out, **options)
     ref, new = open_store(reference[1]), open_store(out / "layer_1/tokens")
-    assert new.n_rows == ref.n_rows and new.progress == {"cells_done": 40}
+    assert new.n_rows == ref.n_rows and new.progress == {"cells_done": 40, "cells_total": 40}
     np.testing.assert_array_equal(ref.read_rows(0, ref.n_rows), new.read_rows(0, new.n_rows))

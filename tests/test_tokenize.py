@@ -100,12 +100,124 @@ def test_no_gene_in_vocabulary_refused(tmp_path):
         GeneformerTokenizer(dicts, var, model_input_size=2048, special_tokens=False)
 
 
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
 def test_bin_values_hand_computed():
-    # non-zero [1,2,3,4,10]; 4 edges at quantiles 0,1/3,2/3,1 = [1, 2.333, 3.667, 10]
-    assert bin_values(np.array([0, 1, 2, 3, 4, 10.0]), 5).tolist() == [0, 1, 1, 2, 3, 4]
-    assert bin_values(np.zeros(3), 5).tolist() == [0, 0, 0]
-    binned = bin_values(np.random.default_rng(0).poisson(3, 200).astype(float), 51)
+    # non-zero [1,2,3,4,10]; 4 edges at quantiles 0,1/3,2/3,1 = [1, 2.333, 3.667, 10]; 1 and 10 each sit on one
+    # edge, where scGPT's ceil(u * (right - left) + left) is always `left`
+    assert bin_values(np.array([0, 1, 2, 3, 4, 10.0]), 5, rng()).tolist() == [0, 1, 1, 2, 3, 4]
+    assert bin_values(np.zeros(3), 5, rng()).tolist() == [0, 0, 0]
+    binned = bin_values(np.random.default_rng(0).poisson(3, 200).astype(float), 51, rng())
     assert binned.min() >= 0 and binned.max() == 50
+
+
+def official_digitize(x, bins, side="both"):
+    """scGPT scgpt/preprocess.py `_digitize`, verbatim (global np.random)."""
+    assert x.ndim == 1 and bins.ndim == 1
+    left_digits = np.digitize(x, bins)
+    if side == "one":
+        return left_digits
+    right_difits = np.digitize(x, bins, right=True)
+    rands = np.random.rand(len(x))  # uniform random numbers
+    digits = rands * (right_difits - left_digits) + left_digits
+    digits = np.ceil(digits).astype(np.int64)
+    return digits
+
+
+def official_binning(row, n_bins):
+    """scGPT scgpt/preprocess.py `binning`, verbatim for numpy rows."""
+    dtype = row.dtype
+    if row.max() == 0:
+        return np.zeros_like(row, dtype=dtype)
+    if row.min() <= 0:
+        non_zero_ids = row.nonzero()
+        non_zero_row = row[non_zero_ids]
+        bins = np.quantile(non_zero_row, np.linspace(0, 1, n_bins - 1))
+        non_zero_digits = official_digitize(non_zero_row, bins)
+        binned_row = np.zeros_like(row, dtype=np.int64)
+        binned_row[non_zero_ids] = non_zero_digits
+    else:
+        bins = np.quantile(row, np.linspace(0, 1, n_bins - 1))
+        binned_row = official_digitize(row, bins)
+    return binned_row.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def pbmc_rows():
+    """Real count rows with many ties: scanpy's pbmc68k_reduced recovered as raw counts (700 cells, about
+    250 non-zero genes each, most of them 1, 2 or 3), as float32 like scGPT's tensors."""
+    from extract.demo import pbmc_counts
+
+    return pbmc_counts().X.toarray().astype(np.float32)
+
+
+def test_scgpt_binning_has_the_official_support_and_distribution(pbmc_rows):
+    n_bins, repeats = 51, 4
+    ours, official, left_only = [], [], []
+    expected = np.zeros(n_bins)  # exact pmf: each non-zero value uniform over its bins right+1..left
+    np.random.seed(0)
+    for repeat in range(repeats):
+        for cell, row in enumerate(pbmc_rows):
+            mine = bin_values(row, n_bins, rng([repeat, cell]))
+            theirs = official_binning(row, n_bins)
+            nonzero = row > 0
+            x = row[nonzero]
+            edges = np.quantile(x, np.linspace(0, 1, n_bins - 1))
+            left, right = np.digitize(x, edges), np.digitize(x, edges, right=True)
+            low = np.where(left > right, right + 1, left)
+            for binned in (mine, theirs):  # (a) the same support: each value within its own [right+1, left]
+                assert np.all(binned[~nonzero] == 0)
+                assert np.all((low <= binned[nonzero]) & (binned[nonzero] <= left)), cell
+            ours.append(mine[nonzero])
+            official.append(theirs[nonzero])
+            left_only.append(left)
+            if repeat == 0:
+                for lo, hi in zip(low, left):
+                    expected[lo : hi + 1] += 1.0 / (hi - lo + 1)
+    ours, official, left_only = (np.concatenate(v).astype(np.int64) for v in (ours, official, left_only))
+    assert len(ours) == repeats * 174_400 and np.mean(ours != left_only) > 0.8  # ties are the common case
+
+    def pmf(bins):
+        return np.bincount(bins, minlength=n_bins) / len(bins)
+
+    def total_variation(p, q):
+        return 0.5 * np.abs(p - q).sum()
+
+    # (b) the same distribution. With these fixed seeds: ours vs scGPT's 0.0039, each vs the exact pmf 0.0031
+    # and 0.0029 (sampling noise of 700k draws); always taking the left digitisation (the old code) is 0.45 off.
+    expected /= expected.sum()
+    assert total_variation(pmf(ours), pmf(official)) < 0.01
+    assert total_variation(pmf(ours), expected) < 0.01 and total_variation(pmf(official), expected) < 0.01
+    assert total_variation(pmf(left_only), pmf(official)) > 0.4
+
+
+def test_scgpt_binning_is_reproducible_per_seed_and_cell(pbmc_rows):
+    vocab = {"<pad>": 0, "<cls>": 1, **{f"g{j}": j + 2 for j in range(pbmc_rows.shape[1])}}
+    var = pd.DataFrame(index=[f"g{j}" for j in range(pbmc_rows.shape[1])])
+    counts = as_count_rows(sp.csr_matrix(pbmc_rows[:20]))
+    cells = np.arange(100, 120)  # AnnData rows seed the generators, not positions in the block
+
+    def values(**options):
+        out = ScGPTTokenizer(vocab, var, n_bins=51, max_seq_len=101, **options)(counts, cells)
+        return out.input_ids, out.values
+
+    ids, first = values(binning_seed=0)
+    ids_again, again = values(binning_seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(first + ids, again + ids_again))  # (c) reruns: identical
+    _, other = values(binning_seed=1)
+    assert sum(not np.array_equal(a, b) for a, b in zip(first, other)) == 20  # another seed: other tie-breaks
+    # a resume tokenises a later block alone: the same cell gets the same bins
+    tail = ScGPTTokenizer(vocab, var, n_bins=51, max_seq_len=101)(as_count_rows(sp.csr_matrix(pbmc_rows[15:20])),
+                                                                   cells[15:])
+    assert all(np.array_equal(a, b) for a, b in zip(first[15:], tail.values))
+    # binned over all of the cell's genes before the subsampling to max_seq_len (as scGPT's DataCollator)
+    for i in range(20):
+        row = pbmc_rows[i]
+        full = bin_values(row[row > 0], 51, np.random.default_rng([0, int(cells[i]), 1]))
+        kept = np.searchsorted(np.flatnonzero(row > 0), ids[i][1:] - 2)
+        assert len(ids[i]) == 101 and np.array_equal(first[i][1:], full[kept]) and first[i][0] == -2
 
 
 def test_scgpt_tokens_values_and_truncation():
@@ -116,7 +228,9 @@ def test_scgpt_tokens_values_and_truncation():
     ids, out = tokens_of(tok, counts)
     # cell 0: non-zero model genes A(1), C(3); edges [1, 1.667, 2.333, 3] -> bins 1, 4; X dropped
     assert ids[0] == [1, 3, 5] and out.values[0].tolist() == [-2, 1, 4]
-    assert ids[1] == [1, 3, 4, 5] and out.values[1].tolist() == [-2, 4, 4, 4]
+    # cell 1: three 2s, every edge is 2: left 4, right 0 -> each a random bin in 1..4
+    assert ids[1] == [1, 3, 4, 5] and out.values[1][0] == -2 and set(out.values[1][1:]) <= {1, 2, 3, 4}
+    assert tok.settings()["binning_seed"] == 0 and "_digitize(side='both')" in tok.settings()["binning"]
     zeros = ScGPTTokenizer(vocab, var, n_bins=5, max_seq_len=10, include_zero_genes=True)
     ids, out = tokens_of(zeros, counts)
     assert ids[0] == [1, 3, 4, 5] and out.values[0].tolist() == [-2, 1, 0, 4]

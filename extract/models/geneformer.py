@@ -16,7 +16,7 @@ V1 vs V2 is read from the files: the V2 layout (<cls> + genes + <eos>) when the 
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from extract.errors import ExtractError
 from extract.models.base import ExtractModel, require_files, resolve_device, sha256_files
 from extract.tokenize.geneformer import GeneformerDictionaries, GeneformerTokenizer
 
+log = logging.getLogger("jaxsae.extract")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -63,14 +64,15 @@ class GeneformerModel(ExtractModel):
         files = [self.model_dir / "config.json", weights, *dictionaries.files.values()]
         self.checkpoint_hash = sha256_files(files)
 
-    def make_tokenizer(self, var, *, gene_column=None, model_input_size=None, **_unused):
+    def make_tokenizer(self, var, *, gene_column=None, model_input_size=None, duplicate_genes="sum", **_unused):
         size = self.model_input_size if model_input_size is None else int(model_input_size)
         if size > self.model_input_size:
             raise ExtractError(
                 f"model_input_size={size} exceeds the model's max_position_embeddings={self.model_input_size}"
             )
         return GeneformerTokenizer(
-            self.dictionaries, var, model_input_size=size, special_tokens=self.special_tokens, gene_column=gene_column
+            self.dictionaries, var, model_input_size=size, special_tokens=self.special_tokens, gene_column=gene_column,
+            duplicate_genes=duplicate_genes,
         )
 
     def encode(self, input_ids, values, attention_mask):
@@ -132,8 +134,8 @@ def load_geneformer(
     if missing:
         raise ExtractError(f"{weights} lacks weights of the encoder: {missing[:5]} ({len(missing)} in all)")
     if result.unexpected_keys:
-        warnings.warn(f"ignoring {len(result.unexpected_keys)} weights not used by BertForMaskedLM, e.g. "
-                      f"{result.unexpected_keys[:3]}", stacklevel=2)
+        log.info(f"ignoring {len(result.unexpected_keys)} weights not used by BertForMaskedLM, e.g. "
+                 f"{result.unexpected_keys[:3]}")
     device = resolve_device(device)
     module.to(device).eval()
     return GeneformerModel(model_dir, module, dictionaries, weights, device)

@@ -18,7 +18,7 @@ The prediction heads present in the checkpoint are built from its keys; extracti
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from extract.errors import ExtractError
 from extract.models.base import ExtractModel, require_files, resolve_device, sha256_files
 from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, select_hvg
 
+log = logging.getLogger("jaxsae.extract")
 REQUIRED_FILES = ["args.json", "vocab.json", "best_model.pt"]
 ENCODING_PREFIXES = ("encoder.", "value_encoder.", "bn.", "transformer_encoder.")
 
@@ -202,11 +203,11 @@ class ScGPTModel(ExtractModel):
         self.checkpoint_hash = sha256_files([self.model_dir / n for n in REQUIRED_FILES])
 
     def make_tokenizer(
-        self, var, *, gene_column=None, counts=None, n_hvg="args", hvg_flavor="seurat_v3",
-        max_seq_len=None, include_zero_genes=False, seed=0, **_unused,
+        self, var, *, gene_column=None, counts=None, n_hvg=None, hvg_flavor="seurat_v3",
+        max_seq_len=None, include_zero_genes=False, seed=0, binning_seed=0, duplicate_genes="sum", **_unused,
     ):
-        """n_hvg: 'args' (take args.json's n_hvg), None (all genes) or an int; HVG selection needs `counts`
-        ([n_cells, n_var] CSR, in memory)."""
+        """n_hvg: None (all genes, as scGPT's embedding path), 'args' (args.json's n_hvg) or an int; HVG
+        selection needs `counts` ([n_cells, n_var] CSR, in memory)."""
         n_hvg = self.n_hvg if n_hvg == "args" else n_hvg
         gene_mask = None
         if n_hvg:
@@ -216,7 +217,8 @@ class ScGPTModel(ExtractModel):
         return ScGPTTokenizer(
             self.vocab, var, n_bins=self.n_bins, max_seq_len=max_seq_len or self.max_seq_len,
             pad_token=self.pad_token, pad_value=self.pad_value, gene_column=gene_column, gene_mask=gene_mask,
-            include_zero_genes=include_zero_genes, seed=seed,
+            include_zero_genes=include_zero_genes, seed=seed, binning_seed=binning_seed,
+            duplicate_genes=duplicate_genes,
         )
 
     def encode(self, input_ids, values, attention_mask):
@@ -275,8 +277,7 @@ def load_scgpt(model_dir: str | Path, *, device: str = "cpu") -> ScGPTModel:
             f"missing {missing[:4]}, unexpected {bad[:4]}"
         )
     if unexpected:
-        warnings.warn(f"ignoring {len(unexpected)} checkpoint weights of heads not built here, e.g. {unexpected[:3]}",
-                      stacklevel=2)
+        log.info(f"ignoring {len(unexpected)} checkpoint weights of heads not built here, e.g. {unexpected[:3]}")
     try:
         module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     except RuntimeError as err:

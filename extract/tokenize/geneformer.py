@@ -98,6 +98,7 @@ class GeneformerTokenizer:
 
     model_input_size: total sequence length including special tokens (2,048 for V1, 4,096 for V2).
     special_tokens: V2 layout (`<cls>` + genes + `<eos>`); needs both tokens in the dictionary.
+    duplicate_genes: var rows naming the same gene: "sum" (Geneformer's collapse_gene_ids), "first" or "error".
     """
 
     kind = "geneformer"
@@ -111,6 +112,7 @@ class GeneformerTokenizer:
         special_tokens: bool,
         gene_column: str | None = None,
         target_sum: float = 10_000.0,
+        duplicate_genes: str = "sum",
     ):
         if special_tokens and not dictionaries.has_special_tokens:
             raise ExtractError("special_tokens=True (V2 layout) needs <cls> and <eos> in the token dictionary")
@@ -125,7 +127,7 @@ class GeneformerTokenizer:
         self.max_genes = self.model_input_size - n_special
         ids = ensembl_ids(var, gene_column, dictionaries.symbol_to_id)
         usable = {g: t for g, t in dictionaries.token_ids.items() if g in dictionaries.medians}
-        self.plan = plan_genes(ids, usable, "token + gene median dictionaries")
+        self.plan = plan_genes(ids, usable, "token + gene median dictionaries", duplicate_genes)
         kept_ids = [ids[j] for j in self.plan.var_index]
         self.medians = np.asarray([dictionaries.medians[g] for g in kept_ids], dtype=np.float64)
         self.pad_token_id = dictionaries.token_ids[PAD]
@@ -140,8 +142,8 @@ class GeneformerTokenizer:
             "special_tokens": self.special_tokens,
             "gene_column": self.gene_column,
             "target_sum": self.target_sum,
-            "n_genes_used": self.plan.n_genes,
             "tie_break": "var order (stable sort)",
+            **self.plan.settings(),
         }
 
     def n_genes(self, counts: sp.csr_matrix) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from extract.config import DUPLICATE_POLICIES
 from extract.errors import ExtractError
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -65,14 +67,22 @@ def ensembl_ids(var: pd.DataFrame, gene_column: str | None, symbol_to_id: dict[s
 class GenePlan:
     """How the AnnData's columns map onto model genes.
 
-    `select`: [n_var, n_genes] 0/1 sparse matrix; `counts @ select` keeps model genes and sums duplicate
-    columns that map to the same gene. `token_ids`: [n_genes] int64 model token id per kept gene, in order of
-    first appearance in var.
+    `select`: [n_var, n_genes] 0/1 sparse matrix; `counts @ select` keeps model genes (and, with
+    duplicate_genes="sum", adds the columns that map to the same gene). `token_ids`: [n_genes] int64 model
+    token id per kept gene, in order of first appearance in var. `var_index`: [n_genes] int64 first var row
+    of each kept gene. `n_duplicated`: model genes found in more than one var column.
     """
 
     select: sp.csr_matrix
     token_ids: np.ndarray
-    var_index: np.ndarray  # [n_genes] first var row of each kept gene
+    var_index: np.ndarray
+    duplicate_genes: str = "sum"
+    n_duplicated: int = 0
+
+    def settings(self) -> dict:
+        """What the manifest records about the gene plan."""
+        return {"n_genes_used": self.n_genes, "duplicate_genes": self.duplicate_genes,
+                "n_duplicate_genes": self.n_duplicated}
 
     @property
     def n_genes(self) -> int:
@@ -85,14 +95,28 @@ class GenePlan:
         return np.diff(kept.indptr).astype(np.int64)
 
 
-def plan_genes(keys: list[str | None], vocab: dict[str, int], what: str) -> GenePlan:
-    """Keep var rows whose key is in `vocab`; duplicates are summed. Refuses when none is in the vocabulary."""
+log = logging.getLogger("jaxsae.extract")
+
+
+def plan_genes(keys: list[str | None], vocab: dict[str, int], what: str, duplicate_genes: str = "sum") -> GenePlan:
+    """Keep var rows whose key is in `vocab`. Refuses when none is in the vocabulary.
+
+    duplicate_genes: what to do with var rows that map to the same model gene: "sum" their counts (logged),
+    keep the "first" one (logged), or "error" (ExtractError naming them).
+    """
+    if duplicate_genes not in DUPLICATE_POLICIES:
+        raise ExtractError(f"duplicate_genes is {duplicate_genes!r}; expected one of {DUPLICATE_POLICIES}")
     first_col: dict[str, int] = {}
+    duplicated: dict[str, int] = {}
     rows, cols, first_rows = [], [], []
     for j, key in enumerate(keys):
         if key is None or key not in vocab:
             continue
-        if key not in first_col:
+        if key in first_col:
+            duplicated[key] = duplicated.get(key, 1) + 1
+            if duplicate_genes != "sum":
+                continue
+        else:
             first_col[key] = len(first_col)
             first_rows.append(j)
         rows.append(j)
@@ -103,13 +127,25 @@ def plan_genes(keys: list[str | None], vocab: dict[str, int], what: str) -> Gene
             f"none of the {len(keys)} genes in the AnnData is in the model's {what} (e.g. {sample}); "
             "check that var holds the identifiers the model was trained on (gene_column=...)"
         )
+    if duplicated:
+        examples = ", ".join(f"{k} x{n}" for k, n in list(duplicated.items())[:5])
+        found = f"{len(duplicated)} model genes appear in more than one var column (e.g. {examples})"
+        if duplicate_genes == "error":
+            raise ExtractError(
+                f"{found}; expected each gene once (duplicate_genes='error'); make the names unique with "
+                "adata.var_names_make_unique(), choose another gene_column, or pass duplicate_genes='sum' "
+                "(add their counts) or 'first' (keep the first column)"
+            )
+        action = "their counts are summed" if duplicate_genes == "sum" else "only the first column of each is used"
+        log.warning(f"{found}: {action} (duplicate_genes={duplicate_genes!r}; 'error' refuses instead)")
     select = sp.csr_matrix(
         (np.ones(len(rows), np.float64), (np.asarray(rows), np.asarray(cols))), shape=(len(keys), len(first_col))
     )
     ordered = list(first_col)
     token_ids = np.asarray([vocab[k] for k in ordered], dtype=np.int64)
     var_index = np.asarray(first_rows, dtype=np.int64)
-    return GenePlan(select=select, token_ids=token_ids, var_index=var_index)
+    return GenePlan(select=select, token_ids=token_ids, var_index=var_index, duplicate_genes=duplicate_genes,
+                    n_duplicated=len(duplicated))
 
 
 def as_count_rows(block, first_row: int = 0) -> sp.csr_matrix:

@@ -1,13 +1,18 @@
 """scGPT tokenisation, as scGPT's embedding path (`scgpt.tasks.get_batch_cell_embeddings`) does it.
 
-Per cell: genes from the model's `vocab.json` (optionally restricted to highly variable genes), the
-non-zero ones kept (or all kept genes with `include_zero_genes`), `<cls>` first with value `pad_value`;
-values binned per cell: the non-zero values digitised by the quantiles of that cell's non-zero values
-into n_bins - 1 bins (values 1..n_bins-1), zeros stay 0. Deviation: scGPT breaks ties with bin edges at
-random (`_digitize(side="both")`); here the left edge is used (`np.digitize`), so extraction is
-deterministic. Cells longer than `max_seq_len` keep `<cls>` and a random subset of genes, as scGPT's
-collator does, but drawn from a generator seeded by (seed, cell index) so reruns agree. scGPT has no
-positional embeddings, so kept genes are in var order.
+Per cell: every gene of the AnnData that is in the model's `vocab.json` (no highly-variable-gene restriction,
+as the official embedding path; HVG only when asked with n_hvg), the non-zero ones kept (or all kept genes
+with `include_zero_genes`), `<cls>` first with value `pad_value`. Values are binned as scGPT's
+`preprocess.binning` does, over all of the cell's gene values before any subsampling (the `<cls>` value
+excluded), as its DataCollator does: bin edges = `np.quantile(non-zero values, linspace(0, 1, n_bins - 1))`;
+each non-zero value gets `_digitize(side="both")`: with left = `np.digitize(x, edges)` and right =
+`np.digitize(x, edges, right=True)`, the bin is `ceil(u * (right - left) + left)` for u uniform in [0, 1),
+i.e. a value on a bin edge gets a uniformly random bin in right+1..left (left when no edge is hit); zeros stay
+0. scGPT draws u from the global `np.random`; here u comes from a generator seeded by (binning_seed, cell's
+AnnData row, 1), so reruns and resumes reproduce the same bins and the distribution is scGPT's. Cells longer
+than `max_seq_len` keep `<cls>` and a random subset of genes, as scGPT's collator does, drawn from a
+generator seeded by (seed, cell's AnnData row). scGPT has no positional embeddings, so kept genes stay in
+var order (the collator's random order would change only the `position` metadata, not the activations).
 """
 
 from __future__ import annotations
@@ -37,14 +42,29 @@ def load_vocab(path: str | Path) -> dict[str, int]:
     return vocab
 
 
-def bin_values(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """values: [L] non-negative expression of one cell -> [L] float32 bins; 0 stays 0, non-zero in 1..n_bins-1."""
+BINNING_STREAM = 1  # third seed word: the binning generator differs from the subsampling one at equal seeds
+BINNING = ("scGPT preprocess.binning: per cell, edges = quantiles linspace(0, 1, n_bins - 1) of the non-zero "
+           "values (before subsampling, <cls> excluded); non-zero value -> _digitize(side='both'): "
+           "ceil(u * (right - left) + left), left/right = np.digitize(x, edges, right=False/True), "
+           "u ~ U[0, 1) from default_rng([binning_seed, AnnData row, 1]); zeros -> 0")
+
+
+def bin_values(values: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.ndarray:
+    """values: [L] non-negative expression of one cell -> [L] float32 bins, as scGPT's `binning`.
+
+    0 stays 0; non-zero values get 1..n_bins-1, a value on a bin edge a uniformly random bin between its
+    right and left digitisation (scGPT's `_digitize(side="both")`), with the uniforms drawn from `rng`.
+    """
+    values = np.asarray(values, dtype=np.float32)  # scGPT bins the float32 tensor values
     binned = np.zeros(len(values), dtype=np.float32)
     nonzero = values > 0
     if not nonzero.any():
         return binned
-    edges = np.quantile(values[nonzero], np.linspace(0, 1, n_bins - 1))
-    binned[nonzero] = np.digitize(values[nonzero], edges)
+    x = values[nonzero]
+    edges = np.quantile(x, np.linspace(0, 1, n_bins - 1))
+    left = np.digitize(x, edges)
+    right = np.digitize(x, edges, right=True)
+    binned[nonzero] = np.ceil(rng.random(len(x)) * (right - left) + left)
     return binned
 
 
@@ -76,6 +96,8 @@ class ScGPTTokenizer:
     """Gene tokens + binned values for one AnnData's var.
 
     max_seq_len: total length including `<cls>`. gene_mask: [n_var] bool, e.g. highly variable genes.
+    seed: seeds the subsampling of cells longer than max_seq_len; binning_seed: the binning's tie-breaking.
+    duplicate_genes: "sum", "first" or "error" for var rows naming the same gene (see `plan_genes`).
     """
 
     kind = "scgpt"
@@ -93,6 +115,8 @@ class ScGPTTokenizer:
         gene_mask: np.ndarray | None = None,
         include_zero_genes: bool = False,
         seed: int = 0,
+        binning_seed: int = 0,
+        duplicate_genes: str = "sum",
     ):
         for token in (pad_token, CLS):
             if token not in vocab:
@@ -103,7 +127,7 @@ class ScGPTTokenizer:
             raise ExtractError(f"max_seq_len must be >= 2 (<cls> + one gene), found {max_seq_len}")
         names, _ = var_column(var, gene_column)
         keys = [n if gene_mask is None or gene_mask[j] else None for j, n in enumerate(names)]
-        self.plan = plan_genes(keys, vocab, "vocab.json")
+        self.plan = plan_genes(keys, vocab, "vocab.json", duplicate_genes)
         self.n_bins = int(n_bins)
         self.max_seq_len = int(max_seq_len)
         self.max_genes = self.max_seq_len - 1
@@ -114,6 +138,7 @@ class ScGPTTokenizer:
         self.n_hvg = None if gene_mask is None else int(np.sum(gene_mask))
         self.include_zero_genes = bool(include_zero_genes)
         self.seed = int(seed)
+        self.binning_seed = int(binning_seed)
 
     def settings(self) -> dict:
         return {
@@ -125,8 +150,9 @@ class ScGPTTokenizer:
             "n_hvg": self.n_hvg,
             "include_zero_genes": self.include_zero_genes,
             "seed": self.seed,
-            "n_genes_used": self.plan.n_genes,
-            "binning": "per-cell quantiles of non-zero values, left edges (np.digitize)",
+            "binning_seed": self.binning_seed,
+            "binning": BINNING,
+            **self.plan.settings(),
         }
 
     def n_genes(self, counts: sp.csr_matrix) -> np.ndarray:
@@ -135,7 +161,8 @@ class ScGPTTokenizer:
         return np.minimum(self.plan.n_expressed(counts), self.max_genes)
 
     def __call__(self, counts: sp.csr_matrix, cell_index: np.ndarray) -> TokenizedCells:
-        """counts: [n_cells, n_var] CSR raw counts; cell_index: [n_cells] AnnData rows (seeds the subsampling)."""
+        """counts: [n_cells, n_var] CSR raw counts; cell_index: [n_cells] AnnData rows (seed the binning and the
+        subsampling)."""
         kept = (counts @ self.plan.select).tocsr()
         kept.eliminate_zeros()
         kept.sort_indices()
@@ -147,7 +174,8 @@ class ScGPTTokenizer:
             else:
                 lo, hi = kept.indptr[i], kept.indptr[i + 1]
                 cols, expr = kept.indices[lo:hi], kept.data[lo:hi]
-            binned = bin_values(expr, self.n_bins)
+            binned = bin_values(expr, self.n_bins, np.random.default_rng([self.binning_seed, int(cell_index[i]),
+                                                                         BINNING_STREAM]))
             if len(cols) > self.max_genes:
                 rng = np.random.default_rng([self.seed, int(cell_index[i])])
                 keep = np.sort(rng.choice(len(cols), self.max_genes, replace=False))

@@ -6,23 +6,31 @@ A store is one folder per (model, layer, kind):
     cell_index/     zarr3 [N] int64
     token_id/       zarr3 [N] int32
     position/       zarr3 [N] int32
-Only rows [0, rows_committed) are valid; `StoreWriter` writes them, `open_store` reads them.
+Only rows [0, rows_committed) are valid; `StoreWriter` writes them, `open_store` reads them, `verify_store`
+checks them all. `FolderLock` keeps one writer per folder (extractions, trainers).
 """
 
 from __future__ import annotations
 
-from jaxsae.store.errors import StoreError
+from jaxsae.store.errors import StoreError, StoreWriteError
+from jaxsae.store.lock import FolderLock, FolderLockedError
 from jaxsae.store.manifest import SCHEMA_VERSION, Manifest, NormStats
 from jaxsae.store.reader import ActivationStore, describe_store, open_store
+from jaxsae.store.verify import VerifyReport, verify_store
 from jaxsae.store.writer import StoreWriter
 
 __all__ = [
     "SCHEMA_VERSION",
     "ActivationStore",
+    "FolderLock",
+    "FolderLockedError",
     "Manifest",
     "NormStats",
     "StoreError",
+    "StoreWriteError",
     "StoreWriter",
+    "VerifyReport",
     "describe_store",
     "open_store",
+    "verify_store",
 ]

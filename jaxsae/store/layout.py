@@ -52,7 +52,8 @@ def write_context() -> ts.Context:
 
 
 def _kvstore_spec(store_path: Path, name: str) -> dict:
-    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store_path / name)}}
+    # absolute: TensorStore's file driver refuses paths with ".." segments (e.g. out_dir="../out")
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.abspath(store_path / name)}}
 
 
 def _array_metadata(name: str, manifest: Manifest) -> dict:

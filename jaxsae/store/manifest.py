@@ -115,6 +115,30 @@ class Manifest:
             updated=now,
         )
 
+    @property
+    def extraction_progress(self) -> tuple[int, int] | None:
+        """(cells_done, cells_total) of a store written by an extraction (progress["cells_done"]; the total from
+        progress["cells_total"] or source["adata"]["n_cells"]); None for stores written otherwise."""
+        done = self.progress.get("cells_done")
+        total = self.progress.get("cells_total", (self.source.get("adata") or {}).get("n_cells"))
+        if not isinstance(done, int) or not isinstance(total, int):
+            return None
+        return done, total
+
+    @property
+    def is_complete(self) -> bool:
+        """False only for an extraction store whose extraction stopped before its last cell."""
+        progress = self.extraction_progress
+        return progress is None or progress[0] >= progress[1]
+
+    @property
+    def status(self) -> str:
+        """"complete", or "INCOMPLETE: extraction stopped at cell k of N; ..." (what `store info` prints)."""
+        if self.is_complete:
+            return "complete"
+        done, total = self.extraction_progress
+        return f"INCOMPLETE: extraction stopped at cell {done:,} of {total:,}; rerun the extract command to finish it"
+
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["norm"] = self.norm.to_dict()
@@ -234,11 +258,15 @@ def write_manifest(store_path: Path, manifest: Manifest) -> None:
     """Atomically replace `store_path/manifest.json`: write a temporary file, fsync, rename, fsync the folder."""
     target = store_path / MANIFEST_NAME
     tmp = store_path / f".{MANIFEST_NAME}.tmp"
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written leftover (e.g. on a full disk)
+        raise
     folder = os.open(store_path, os.O_RDONLY)
     try:
         os.fsync(folder)

@@ -72,6 +72,17 @@ class ActivationStore:
     def progress(self) -> dict:
         return dict(self.manifest.progress)
 
+    @property
+    def is_complete(self) -> bool:
+        """False for a store whose extraction stopped before its last cell (see `Manifest.is_complete`); stores
+        written otherwise (`jaxsae synth`, a direct StoreWriter) are complete."""
+        return self.manifest.is_complete
+
+    @property
+    def status(self) -> str:
+        """"complete" or "INCOMPLETE: extraction stopped at cell k of N; rerun the extract command to finish it"."""
+        return self.manifest.status
+
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as [stop - start, d_model] float32."""
         return self.read_ranges([(start, stop)])[0]
@@ -115,11 +126,12 @@ class ActivationStore:
         return {name: future.result() for name, future in futures.items()}
 
     def describe(self) -> str:
-        """A human summary: path, size, layout, source, norm statistics, bytes on disk."""
+        """A human summary: path, size, completeness, layout, source, norm statistics, bytes on disk."""
         m = self.manifest
         lines = [
             f"store      {self.path}",
             f"rows       {m.rows_committed:,} x d_model {m.d_model} ({m.dtype})",
+            f"status     {m.status}",
             f"layout     shards of {m.shard_rows:,} rows, inner chunks of {m.chunk_rows:,} rows",
             f"source     {json.dumps(m.source, sort_keys=True)}",
             f"progress   {json.dumps(m.progress, sort_keys=True)}",

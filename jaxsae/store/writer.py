@@ -21,7 +21,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from jaxsae.store.errors import StoreError
+from jaxsae.store.errors import StoreError, StoreWriteError
 from jaxsae.store.layout import ACTS, ARRAY_NAMES, METADATA_DTYPES, METADATA_FILL, create_arrays, open_arrays
 from jaxsae.store.manifest import (
     MANIFEST_NAME,
@@ -69,13 +69,18 @@ class StoreWriter:
         shard_rows: int = 16384,
         chunk_rows: int = 1024,
         source: dict | None = None,
+        progress: dict | None = None,
         overwrite: bool = False,
     ) -> StoreWriter:
-        """Create an empty store at `path` (committed with 0 rows); refuse an existing one unless `overwrite`."""
+        """Create an empty store at `path` (committed with 0 rows and `progress`); refuse an existing one unless
+        `overwrite`."""
         path = Path(path)
         manifest = Manifest.new(
             d_model=d_model, dtype=dtype, shard_rows=shard_rows, chunk_rows=chunk_rows, source=source
         )
+        if progress is not None:
+            check_json_object("progress", progress)
+            manifest = dataclasses.replace(manifest, progress=dict(progress))
         if path.exists() and not path.is_dir():
             raise StoreError(f"store {path}: found a file; expected a folder or nothing; choose another path")
         existing = [name for name in (MANIFEST_NAME, *ARRAY_NAMES) if (path / name).exists()]
@@ -290,7 +295,10 @@ class StoreWriter:
             if array.shape[0] < capacity
         }
         for name, future in resizes.items():
-            self._arrays[name] = future.result()
+            try:
+                self._arrays[name] = future.result()
+            except ValueError as err:
+                raise self._write_error(err) from None
         self._in_flight.extend(self._arrays[name][start:stop].write(rows[name]) for name in ARRAY_NAMES)
         self._wait_for_writes(keep=MAX_SHARDS_IN_FLIGHT * len(ARRAY_NAMES))
 
@@ -301,7 +309,12 @@ class StoreWriter:
             try:
                 future.result()
             except ValueError as err:
-                raise StoreError(
-                    f"store {self._path}: a data write failed ({err}); expected it to land; the store still holds "
-                    "its last commit: fix the cause (disk full? permissions?) and resume with StoreWriter.open"
-                ) from None
+                raise self._write_error(err) from None
+
+    def _write_error(self, err: Exception) -> StoreWriteError:
+        return StoreWriteError(
+            f"store {self._path}: a data write failed ({err}); expected it to land; the store still holds its last "
+            "commit: fix the cause (disk full? permissions?) and rerun what wrote it (StoreWriter.open(path) "
+            "appends after the last commit)",
+            reason=str(err),
+        )

@@ -25,6 +25,7 @@ class DataConfig:
     seed:          seed of the data order (independent of the parameter seeds).
     normalise:     scale inputs to unit mean squared norm (scale from the store's statistics, folded into
                    the saved dictionary).
+    allow_incomplete: train on a store whose extraction has not finished (refused by default).
     """
 
     store: str = ""
@@ -34,6 +35,7 @@ class DataConfig:
     prefetch: int = 2
     seed: int = 0
     normalise: bool = True
+    allow_incomplete: bool = False
 
     def __post_init__(self):
         if not self.store:

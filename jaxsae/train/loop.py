@@ -46,6 +46,12 @@ def validate(cfg: TrainConfig):
         store = open_store(cfg.data.store)
     except StoreError as e:
         raise ConfigError(f"data.store: {e}") from None
+    if not store.is_complete and not cfg.data.allow_incomplete:
+        done, total = store.manifest.extraction_progress
+        raise ConfigError(
+            f"data.store: {cfg.data.store} is incomplete (extraction stopped at cell {done:,} of {total:,}); finish "
+            "the extraction (rerun the same jaxsae extract command) or set data.allow_incomplete=true"
+        )
     if store.d_model != cfg.sae.d_model:
         raise ConfigError(
             f"sae.d_model={cfg.sae.d_model} does not match the store {cfg.data.store} (d={store.d_model}); "
