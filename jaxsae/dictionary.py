@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "dictionary.safetensors"
 CONFIG_FILE = "config.json"
 BUFFER_PREFIX = "buffer."
+TMP_PREFIX = ".tmp-dictionary-"
 
 
 class DictionaryError(ValueError):
@@ -60,7 +61,7 @@ def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str
     }
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-dictionary-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent)
     try:
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": FORMAT})
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
