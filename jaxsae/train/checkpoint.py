@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -128,14 +130,19 @@ def checksums(state: TrainState) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _quiet_restore():
-    """Silence the libraries' own error logging while a possibly damaged checkpoint is read."""
+    """Silence the libraries' own error output while possibly damaged checkpoints are read: their loggers, and
+    the "Exception ignored in <coroutine ...>" pages Python prints when Orbax's failed reads are collected."""
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
+    unraisablehook = sys.unraisablehook
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
+        gc.collect()  # the failed reads' coroutines are reported while the hook is still ours
+        sys.unraisablehook = unraisablehook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
@@ -195,28 +202,28 @@ class RunCheckpoints:
         steps = self.steps()
         skipped = []
         restored = None
-        for step in reversed(steps):
-            path = os.path.join(self.directory, str(step))
-            older = [s for s in steps if s < step]
-            fallback = f"falling back to step {older[-1]}" if older else "no older checkpoint"
-            try:
-                with _quiet_restore():
+        with _quiet_restore():
+            for step in reversed(steps):
+                path = os.path.join(self.directory, str(step))
+                older = [s for s in steps if s < step]
+                fallback = f"falling back to step {older[-1]}" if older else "no older checkpoint"
+                try:
                     out = self.manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), stream=ocp.args.JsonRestore(),
                         checksums=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
-                first_line = str(e).splitlines()[0] if str(e) else ""
-                log.warning("checkpoint %s could not be restored (%s: %s); %s", path, type(e).__name__,
-                            first_line[:200], fallback)
-                skipped.append(step)
-                continue
-            damaged = _first_mismatch(out["checksums"], checksums(out["state"]))
-            if damaged is not None:
-                log.warning("checkpoint %s is damaged (checksum of %s differs); %s", path, damaged, fallback)
-                skipped.append(step)
-                continue
-            restored = Restored(step, out["state"], StreamState.from_dict(out["stream"]), path)
-            break
+                except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+                    first_line = (str(e).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+                    log.warning("checkpoint %s could not be restored (%s: %s); %s", path, type(e).__name__,
+                                first_line[:160], fallback)
+                    skipped.append(step)
+                    continue
+                damaged = _first_mismatch(out["checksums"], checksums(out["state"]))
+                if damaged is not None:
+                    log.warning("checkpoint %s is damaged (checksum of %s differs); %s", path, damaged, fallback)
+                    skipped.append(step)
+                    continue
+                restored = Restored(step, out["state"], StreamState.from_dict(out["stream"]), path)
+                break
         if skipped:
             self._move_aside(skipped)
         if restored is None and (steps or self._had_checkpoints()):

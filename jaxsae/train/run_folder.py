@@ -24,11 +24,11 @@ import os
 import shutil
 import time
 
+from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
 from jaxsae.dictionary import TMP_PREFIX as TMP_DICTIONARY_PREFIX
 from jaxsae.sae.base import ConfigError
 from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
 
-COMPLETE_FILE = "run.json"
 RESULT_NEUTRAL = ("run_dir", "mesh.*", "distributed.*", "progress", "log_every", "tensorboard", "checkpoint_every",
                   "keep_checkpoints", "data.prefetch", "data.allow_incomplete")
 """Settings a resumed run may change (dotted names; `x.*` is a whole section)."""
