@@ -264,6 +264,11 @@ def test_a_newer_run_folder_schema_is_refused(store, tmp_path, capsys):
     assert "schema_version 2 is newer than this jaxsae reads (1); upgrade jaxsae" in err, err
 
 
+def _committed(run_dir) -> list[str]:
+    directory = run_dir / ckpt.CHECKPOINT_DIR
+    return [name for name in os.listdir(directory) if name.isdigit()] if directory.is_dir() else []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, seed):
@@ -272,7 +277,7 @@ def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, seed)
     proc = subprocess.Popen([sys.executable, "-m", "jaxsae.cli", "train", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while not (run_dir / ckpt.CHECKPOINT_DIR).is_dir() or not os.listdir(run_dir / ckpt.CHECKPOINT_DIR):
+    while not _committed(run_dir):  # then kill at a point drawn from a fixed seed
         assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
@@ -288,7 +293,7 @@ def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, seed)
                            capture_output=True, text=True, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Traceback" not in rerun.stderr
-    assert any(line.startswith("jaxsae: resuming from step ") for line in rerun.stderr.splitlines())
+    assert any(line.startswith("jaxsae: resuming from step ") for line in rerun.stderr.splitlines()), rerun.stderr
     _assert_bitwise(_dictionaries(run_dir), reference)
     steps = [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")]
     assert steps == [3, 6, 9, 12, 14]
