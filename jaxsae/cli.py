@@ -18,7 +18,7 @@ def _cmd_train(args) -> int:
         if os.path.isdir(os.path.join(run_dir, "checkpoints")):  # a run folder's own config: resume it in place
             overrides = [f"run_dir={run_dir}", *overrides]
     cfg = load_config(config, overrides)
-    result = train(cfg)
+    result = train(cfg, restart=args.restart)
     print(f"run folder:   {result.run_dir}")
     for path in result.dictionaries:
         print(f"dictionary:   {path}")
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train dictionaries from a config file plus key=value overrides")
     p.add_argument("config", nargs="?", help="a .toml/.yaml/.json config file (optional)")
     p.add_argument("overrides", nargs="*", help="settings such as data.store=PATH sae.k=32 steps=2000")
+    p.add_argument("--restart", action="store_true",
+                   help="set the run folder's checkpoints aside and train from step 0 (when none can be restored)")
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("store", help="activation stores")

@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "dictionary.safetensors"
 CONFIG_FILE = "config.json"
 BUFFER_PREFIX = "buffer."
+TMP_PREFIX = ".tmp-dictionary-"
+RUN_COMPLETE_FILE = "run.json"  # the trainer's "finished" marker (jaxsae.train.run_folder writes it)
 
 
 class DictionaryError(ValueError):
@@ -60,7 +62,7 @@ def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str
     }
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-dictionary-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent)
     try:
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": FORMAT})
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
@@ -147,6 +149,20 @@ class Dictionary:
         return a
 
 
+def _enclosing_run(path: str) -> str | None:
+    """The run folder `path` is, or whose `dictionaries/<member>` it is; None for a stand-alone dictionary.
+
+    A run folder is recognised by what the trainer writes before any dictionary: checkpoints/ or metrics.jsonl.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    for candidate in (path, os.path.dirname(parent) if os.path.basename(parent) == "dictionaries" else None):
+        if candidate is not None and any(os.path.exists(os.path.join(candidate, name))
+                                         for name in ("checkpoints", "metrics.jsonl")):
+            return candidate
+    return None
+
+
 @functools.lru_cache(maxsize=16)
 def _encode_fn(sae: SAEConfig):
     arch = sae_base.get(sae.architecture)
@@ -163,6 +179,12 @@ def load(path: str | os.PathLike) -> Dictionary:
     """Load a dictionary folder written by the trainer (`<run>/dictionaries/member_000`)."""
     path = os.fspath(path)
     cfg_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
+    run_dir = _enclosing_run(path)
+    if run_dir is not None and not os.path.isfile(os.path.join(run_dir, RUN_COMPLETE_FILE)):
+        raise DictionaryError(
+            f"{path}: this run has not finished (no {RUN_COMPLETE_FILE}); resume it with "
+            f"jaxsae train {os.path.join(run_dir, CONFIG_FILE)}"
+        )
     if os.path.isdir(os.path.join(path, "dictionaries")):
         raise DictionaryError(
             f"{path} is a run folder; load one of its dictionaries, e.g. {os.path.join(path, 'dictionaries', 'member_000')}"

@@ -67,7 +67,7 @@ def test_a_checkpoint_restores_bitwise_onto_another_mesh(tmp_path):
     assert w_enc.sharding.mesh.devices.size == 2 and w_enc.sharding.spec == P("ens", None, "latent")
 
 
-def test_incomplete_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path):
+def test_incomplete_and_corrupt_checkpoints_are_skipped_with_one_line_each(tmp_path, capsys):
     cfg, mesh, state = _state((1, 1, 2))
     store = ckpt.RunCheckpoints(str(tmp_path), keep=3)
     for step in (5, 10):
@@ -79,12 +79,14 @@ def test_incomplete_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path)
         if path.is_file() and "ocdbt" in str(path.relative_to(directory)):
             path.write_bytes(b"garbage")
 
-    with pytest.warns(UserWarning) as caught:
-        store = ckpt.RunCheckpoints(str(tmp_path), keep=3)
-        restored = store.restore_latest(ckpt.abstract_state(cfg, mesh))
-    messages = " ".join(str(w.message) for w in caught)
-    assert "15.orbax-checkpoint-tmp" in messages and "never committed" in messages
-    assert str(directory / "10") in messages and "could not be restored" in messages
+    capsys.readouterr()
+    store = ckpt.RunCheckpoints(str(tmp_path), keep=3)
+    restored = store.restore_latest(ckpt.abstract_state(cfg, mesh))
+    messages = capsys.readouterr().err.splitlines()
+    assert len(messages) == 2, messages
+    assert "15.orbax-checkpoint-tmp" in messages[0] and "never committed" in messages[0]
+    assert str(directory / "10") in messages[1] and "could not be restored" in messages[1]
+    assert "falling back to step 5" in messages[1]
     assert restored.step == 5 and restored.stream == StreamState(0, 5)
     assert store.steps() == [5] and not (directory / "15.orbax-checkpoint-tmp").exists()
     assert os.listdir(tmp_path / ckpt.SKIPPED_DIR)[0].startswith("10-")

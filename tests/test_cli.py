@@ -37,7 +37,7 @@ def test_synth_store_info_train(tmp_path, capsys):
     (["sae.k=64", "sae.n_latents=32"], "sae.k"),
     (["optim.lr=-1"], "optim.lr"),
     (["sae.architecture=wavelet"], "unknown architecture 'wavelet'"),
-    (["sae.kk=3"], "sae.kk: unknown setting"),
+    (["sae.kk=3"], "sae.kk: unknown setting; did you mean sae.k?"),
     (["hparams.l1_coeff=0.1"], "hparams.l1_coeff: not a hyperparameter of topk"),
     (['members=[{"k": 99}]'], "members[0].k"),
     (["mesh.latent=3"], "mesh"),
@@ -67,9 +67,10 @@ def test_train_on_a_run_folders_config_resumes_it_from_anywhere(store, tmp_path,
     from jaxsae.train.metrics import read_metrics
 
     run_dir = tmp_path / "run"
-    cfg = load_config(None, [f"data.store={store}", f"run_dir={os.path.relpath(run_dir)}", "sae.d_model=16",
-                             "sae.n_latents=32", "sae.k=4", "steps=8", "log_every=2", "checkpoint_every=2",
-                             "progress=false", "data.batch_rows=256"])
+    monkeypatch.chdir(os.path.dirname(store))  # the store and the run folder given relative to this folder
+    cfg = load_config(None, [f"data.store={os.path.basename(store)}", f"run_dir={os.path.relpath(run_dir)}",
+                             "sae.d_model=16", "sae.n_latents=32", "sae.k=4", "steps=8", "log_every=2",
+                             "checkpoint_every=2", "progress=false", "data.batch_rows=256"])
     train(cfg, stop_after=4)
     assert not (run_dir / "run.json").exists()
     monkeypatch.chdir(tmp_path.parent)  # a different working directory than the one the run started in

@@ -75,7 +75,7 @@ def uninterrupted(store, tmp_path_factory):
     return cfg, _final_state(cfg), _metric_rows(cfg.run_dir)
 
 
-def test_stopped_runs_resume_bitwise_including_an_uncommitted_checkpoint(store, uninterrupted, tmp_path):
+def test_stopped_runs_resume_bitwise_including_an_uncommitted_checkpoint(store, uninterrupted, tmp_path, capsys):
     _, want, want_metrics = uninterrupted
     cfg = _cfg(store, tmp_path / "run")
     checkpoints_dir = tmp_path / "run" / ckpt.CHECKPOINT_DIR
@@ -85,8 +85,12 @@ def test_stopped_runs_resume_bitwise_including_an_uncommitted_checkpoint(store, 
     # As if killed between step 7's save starting and its commit: resume must go back to step 5 and drop
     # the metrics of step 6, which the resumed run logs again.
     os.rename(checkpoints_dir / "7", checkpoints_dir / "7.orbax-checkpoint-tmp")
-    with pytest.warns(UserWarning, match="7.orbax-checkpoint-tmp"):
-        train(cfg, stop_after=11)  # resumes from 5, stops after 11 (checkpoints 10, 11 kept)
+    capsys.readouterr()
+    train(cfg, stop_after=11)  # resumes from 5, stops after 11 (checkpoints 10, 11 kept)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"jaxsae: checkpoint {checkpoints_dir / '7.orbax-checkpoint-tmp'} was never committed (the "
+                   f"trainer stopped while saving it); skipping and deleting it",
+                   f"jaxsae: resuming from step 5 of {STEPS} (checkpoint {checkpoints_dir / '5'})"], err
     assert sorted(os.listdir(checkpoints_dir)) == ["10", "11"]
     result = train(cfg)  # resumes from 11 and finishes
     assert len(result.dictionaries) == 2

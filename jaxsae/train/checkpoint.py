@@ -5,12 +5,18 @@
                                        BatchTopK thresholds, ...), input scale, metric accumulators
 <run_dir>/checkpoints/<step>/stream/   {"epoch", "batch"}: the next batch of the data order
 <run_dir>/checkpoints/<step>/config/   the run's TrainConfig (for humans and `jaxsae` tools; not re-read)
-<run_dir>/checkpoints.skipped/<step>   checkpoints that failed to restore, moved aside (kept for inspection)
+<run_dir>/checkpoints/<step>/checksums/ {leaf path: 64-bit hash} of every state array, taken at save time
+<run_dir>/checkpoints.skipped/<step>-<time>  checkpoints that failed to restore or to verify, moved aside
+                                       (kept for inspection), and those set aside by a restart
 ```
 
 Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp` and renames it when every process has finished,
-so a crash mid-save leaves no directory that looks complete; such leftovers are named in a warning and
-deleted. Every process writes its own array shards; process 0 writes the metadata. `save` returns as soon as
+so a crash mid-save leaves no directory that looks complete; such leftovers are named in a log line and
+deleted. A restored state is hashed again and compared with its checksums: a file damaged in place (same size,
+other bytes) is caught there, not only a truncated or missing one. A checkpoint that fails either way is
+moved aside with one log line and the next older one is tried. If checkpoints existed (or were set aside
+before) and none restores, the run is refused rather than silently restarted from step 0; `restart=True`
+(`jaxsae train --restart`) sets them aside and starts afresh. Every process writes its own array shards; process 0 writes the metadata. `save` returns as soon as
 the arrays are copied to host memory (the state may then be donated to the next step); the files are written
 by a background thread while training goes on.
 
@@ -20,15 +26,19 @@ restores onto 2 (or onto another mesh shape) unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
 import shutil
+import sys
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 
@@ -40,6 +50,12 @@ from jaxsae.train.step import TrainState, init_state, state_specs
 CHECKPOINT_DIR = "checkpoints"
 SKIPPED_DIR = "checkpoints.skipped"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_ITEMS = ("state", "stream", "config", "checksums")
+# Loggers that print pages of tracebacks while a damaged checkpoint fails to restore (the failure is reported
+# in one line of ours instead).
+_NOISY_LOGGERS = ("absl", "asyncio", "orbax", "orbax.checkpoint", "jax._src.distributed")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ConfigError):
@@ -53,6 +69,7 @@ class Restored:
     step: int
     state: TrainState
     stream: StreamState
+    path: str
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -66,6 +83,68 @@ def abstract_state(cfg: TrainConfig, mesh: Mesh) -> TrainState:
     specs = state_specs(shapes, cfg.sae.n_latents)
     return jax.tree.map(lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec)),
                         shapes, specs)
+
+
+def _hash_leaf(x: jax.Array) -> jax.Array:
+    """[2] uint32 hash of an array's bits: two position-dependent mixes summed with wraparound.
+
+    Sums do not depend on the order of the reduction, so the hash is the same for any sharding, device count
+    or number of processes (jit computes the global sum).
+    """
+    if x.dtype.itemsize == 4:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    elif x.dtype.itemsize == 1:
+        bits = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else jax.lax.bitcast_convert_type(x, jnp.uint8)
+        bits = bits.astype(jnp.uint32)
+    else:
+        raise CheckpointError(f"checksum: state leaves of {x.dtype} are not supported; expected 1, 2 or 4 bytes")
+    # The flat index of every element, built with the array's own sharding (no reshape, no gather).
+    sharding = jax.typeof(bits).sharding
+    position = jnp.zeros(bits.shape, jnp.uint32, out_sharding=sharding)
+    for dim, size in enumerate(bits.shape):
+        stride = int(np.prod(bits.shape[dim + 1:], dtype=np.int64)) % 2**32
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, dim,
+                                                       out_sharding=sharding) * jnp.uint32(stride)
+
+    def mix(v, multiplier, salt):
+        v = (v ^ (position * jnp.uint32(salt))) * jnp.uint32(multiplier)
+        v = (v ^ (v >> 15)) * ((position << 1) | jnp.uint32(1))  # odd, position-dependent
+        return jnp.sum(v ^ (v >> 13), dtype=jnp.uint32)
+
+    return jnp.stack([mix(bits, 0x85EBCA6B, 0x9E3779B9), mix(bits, 0xC2B2AE35, 0x27D4EB2F)])
+
+
+@jax.jit
+def _hash_tree(tree) -> dict:
+    return jax.tree.map(_hash_leaf, tree)
+
+
+def checksums(state: TrainState) -> dict[str, str]:
+    """{leaf path (e.g. "params.W_enc"): 16 hex digits} of every array of the state, computed on device."""
+    hashes = jax.device_get(_hash_tree(state))
+    return {jax.tree_util.keystr(path, simple=True, separator="."): "".join(f"{int(h):08x}" for h in np.asarray(v))
+            for path, v in jax.tree_util.tree_leaves_with_path(hashes)}
+
+
+@contextlib.contextmanager
+def _quiet_restore():
+    """Silence the libraries' own error output while possibly damaged checkpoints are read: their loggers, and
+    the "Exception ignored in <coroutine ...>" pages Python prints when Orbax's failed reads are collected."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    unraisablehook = sys.unraisablehook
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed reads' coroutines are reported while the hook is still ours
+        sys.unraisablehook = unraisablehook
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _barrier(name: str) -> None:
@@ -91,16 +170,15 @@ class RunCheckpoints:
         _barrier("jaxsae-checkpoints-open")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "stream", "config"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
     def _warn_incomplete(self) -> None:
         if not os.path.isdir(self.directory):
             return
         for name in sorted(os.listdir(self.directory)):
             if _TMP_SUFFIX in name:
-                warnings.warn(f"checkpoint {os.path.join(self.directory, name)} was never committed (the trainer "
-                              f"stopped while saving it); skipping and deleting it", stacklevel=3)
+                log.warning("checkpoint %s was never committed (the trainer stopped while saving it); skipping "
+                            "and deleting it", os.path.join(self.directory, name))
 
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints, oldest first."""
@@ -110,41 +188,71 @@ class RunCheckpoints:
         """Start saving the state after `step` steps; returns once the arrays are safe to donate."""
         saved = self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), stream=ocp.args.JsonSave(stream.to_dict()),
-            config=ocp.args.JsonSave(config)), force=True)
+            config=ocp.args.JsonSave(config), checksums=ocp.args.JsonSave(checksums(state))), force=True)
         if not saved:
             raise CheckpointError(f"checkpoint of step {step} in {self.directory} was not written (Orbax refused it)")
 
     def restore_latest(self, abstract: TrainState) -> Restored | None:
-        """The newest checkpoint that restores, onto `abstract`'s shardings; None if there is none.
+        """The newest checkpoint that restores and matches its checksums, onto `abstract`'s shardings.
 
-        A checkpoint that fails to restore is named in a warning, moved to `<run_dir>/checkpoints.skipped/`
-        (so a later save of the same step cannot collide with it), and the next older one is tried.
+        None when the run folder never had a checkpoint. A checkpoint that fails is named in one log line,
+        moved to `<run_dir>/checkpoints.skipped/` (so a later save of the same step cannot collide with it),
+        and the next older one is tried; if none is left, CheckpointError (see `set_all_aside`).
         """
         steps = self.steps()
         skipped = []
         restored = None
-        for step in reversed(steps):
-            try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), stream=ocp.args.JsonRestore()))
-                restored = Restored(step, out["state"], StreamState.from_dict(out["stream"]))
-                break
-            except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+        with _quiet_restore():
+            for step in reversed(steps):
                 path = os.path.join(self.directory, str(step))
-                warnings.warn(f"checkpoint {path} could not be restored ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); skipping it", stacklevel=2)
-                skipped.append(step)
+                older = [s for s in steps if s < step]
+                fallback = f"falling back to step {older[-1]}" if older else "no older checkpoint"
+                try:
+                    out = self.manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), stream=ocp.args.JsonRestore(),
+                        checksums=ocp.args.JsonRestore()))
+                except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+                    first_line = (str(e).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+                    log.warning("checkpoint %s could not be restored (%s: %s); %s", path, type(e).__name__,
+                                first_line[:160], fallback)
+                    skipped.append(step)
+                    continue
+                damaged = _first_mismatch(out["checksums"], checksums(out["state"]))
+                if damaged is not None:
+                    log.warning("checkpoint %s is damaged (checksum of %s differs); %s", path, damaged, fallback)
+                    skipped.append(step)
+                    continue
+                restored = Restored(step, out["state"], StreamState.from_dict(out["stream"]), path)
+                break
         if skipped:
             self._move_aside(skipped)
-        if steps and restored is None:
+        if restored is None and (steps or self._had_checkpoints()):
             raise CheckpointError(
-                f"none of the checkpoints in {self.directory} could be restored (steps {steps}; they were moved "
-                f"to {os.path.join(self.run_dir, SKIPPED_DIR)}); delete the run folder or train into a new run_dir"
+                f"no checkpoint of the run in {self.run_dir} can be restored (the failed ones are in "
+                f"{os.path.join(self.run_dir, SKIPPED_DIR)}); to train it again from step 0, rerun with "
+                f"--restart (train(cfg, restart=True)), or train into a new run_dir"
             )
         if restored is not None and int(jax.device_get(restored.state.step)) != restored.step:
             raise CheckpointError(f"checkpoint {self.directory}/{restored.step} holds a state of step "
                                   f"{int(jax.device_get(restored.state.step))}; the folder was edited by hand")
         return restored
+
+    def _had_checkpoints(self) -> bool:
+        skipped = os.path.join(self.run_dir, SKIPPED_DIR)
+        return os.path.isdir(skipped) and bool(os.listdir(skipped))
+
+    def set_all_aside(self) -> None:
+        """Move every checkpoint (and the record of failed ones) out of the way so that training restarts."""
+        self.manager.wait_until_finished()
+        steps = self.steps()
+        if steps:
+            log.info("restarting from step 0: checkpoints of steps %s moved to %s", steps,
+                     os.path.join(self.run_dir, SKIPPED_DIR))
+            self._move_aside(steps)
+        if jax.process_index() == 0 and self._had_checkpoints():
+            target = os.path.join(self.run_dir, SKIPPED_DIR)
+            os.rename(target, f"{target}.before-restart-{time.strftime('%Y%m%dT%H%M%S')}")
+        _barrier("jaxsae-checkpoints-restart")
 
     def _move_aside(self, steps: list[int]) -> None:
         if jax.process_index() == 0:
@@ -163,6 +271,14 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _first_mismatch(saved: dict, computed: dict[str, str]) -> str | None:
+    """The first leaf whose checksum differs from (or is missing in) the saved ones; None if all match."""
+    for name, value in computed.items():
+        if saved.get(name) != value:
+            return name
+    return None
 
 
 def truncate_metrics(run_dir: str, last_step: int) -> list[dict]:

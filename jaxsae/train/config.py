@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tomllib
@@ -12,12 +13,16 @@ from typing import Any
 from jaxsae.sae import base as sae_base
 from jaxsae.sae.base import ConfigError, SAEConfig
 
+SCHEMA_VERSION = 1
+"""Version of the run-folder files (config.json, run.json) this jaxsae writes and reads."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The training stream.
 
-    store:         path of the activation store to train on.
+    store:         path of the activation store to train on (made absolute against the working directory, so
+                   a saved config.json works from anywhere).
     batch_rows:    rows per global batch (all devices together).
     window_blocks: store blocks shuffled together in RAM; more = better mixing, more memory.
     streams:       independent sub-streams; multi-host runs need it divisible by the process count.
@@ -40,6 +45,7 @@ class DataConfig:
     def __post_init__(self):
         if not self.store:
             raise ConfigError("data.store: no activation store given; set data.store=PATH (see `jaxsae synth`)")
+        object.__setattr__(self, "store", os.path.abspath(self.store))
         _positive(self, "batch_rows", "window_blocks", "streams", "prefetch")
 
 
@@ -118,7 +124,7 @@ class DistributedConfig:
 class TrainConfig:
     """One training run: E members of one architecture trained together (E = len(members)).
 
-    run_dir:      output folder (metrics, checkpoints, dictionaries).
+    run_dir:      output folder (metrics, checkpoints, dictionaries); made absolute against the working directory.
     sae:          static dictionary shape and architecture.
     data, optim, mesh, distributed: see their classes.
     hparams:      per-member hyperparameter defaults of the architecture (keys: the architecture's
@@ -152,6 +158,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "run_dir", os.path.abspath(self.run_dir))
         if (self.steps is None) == (self.total_rows is None):
             raise ConfigError("steps / total_rows: set exactly one of them (e.g. steps=2000)")
         if self.num_steps < 1:
@@ -167,13 +174,14 @@ class TrainConfig:
             if key not in allowed:
                 raise ConfigError(
                     f"hparams.{key}: not a hyperparameter of {self.sae.architecture}; "
-                    f"allowed: {', '.join(sorted(allowed))}"
+                    f"{_did_you_mean(key, allowed, 'hparams.')}allowed: {', '.join(sorted(allowed))}"
                 )
         for i, member in enumerate(self.members):
             for key, value in member.items():
                 if key not in allowed | {"lr", "seed"}:
                     raise ConfigError(
-                        f"members[{i}].{key}: unknown; allowed: lr, seed, {', '.join(sorted(allowed))}"
+                        f"members[{i}].{key}: unknown; {_did_you_mean(key, allowed | {'lr', 'seed'}, '')}"
+                        f"allowed: lr, seed, {', '.join(sorted(allowed))}"
                     )
             hp = self.member_hparams(i)
             if hp["lr"] <= 0:
@@ -209,6 +217,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _did_you_mean(key: str, known, prefix: str) -> str:
+    """"did you mean <prefix><closest>? " for a misspelt setting, or "" when nothing is close."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"did you mean {prefix}{close[0]}? " if close else ""
 
 
 def _positive(obj, *names: str) -> None:
@@ -274,7 +288,8 @@ def _build(cls, values: dict, where: str):
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:
-            raise ConfigError(f"{where}{key}: unknown setting; known: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{where}{key}: unknown setting; {_did_you_mean(key, fields, where)}"
+                              f"known: {', '.join(sorted(fields))}")
     kwargs = {}
     for key, value in values.items():
         if key in _SECTIONS and cls is TrainConfig:
@@ -333,8 +348,17 @@ def apply_overrides(settings: dict, overrides: list[str]) -> dict:
 
 
 def make_config(settings: dict) -> TrainConfig:
-    """A validated TrainConfig from nested settings (as read from a file, after overrides)."""
+    """A validated TrainConfig from nested settings (as read from a file, after overrides).
+
+    A run folder's config.json also carries `schema_version` and `store_identity` (see
+    `jaxsae.train.run_folder`); they are checked or set aside here, so that file reads back as a config.
+    """
     settings = dict(settings)
+    version = settings.pop("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(f"schema_version: this config was written by a newer jaxsae (schema {version!r}; this "
+                          f"jaxsae reads up to {SCHEMA_VERSION}); upgrade jaxsae")
+    settings.pop("store_identity", None)
     settings.setdefault("data", {})
     if not isinstance(settings["data"], dict):
         raise ConfigError("data: expected a table of settings")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import time
 
@@ -28,6 +29,13 @@ from jaxsae.train.lock import RunLock, RunLockedError
 from jaxsae.train.step import hparam_arrays, init_state, make_train_step, state_specs
 
 GEOMETRIC_MEDIAN_ROWS = 4096
+NAMED_ROWS = 10
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(ConfigError):
+    """Training met a non-finite loss or gradient; the run stopped with its last good checkpoint kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,12 +149,15 @@ def _to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def train(cfg: TrainConfig, *, stop_after: int | None = None) -> RunResult:
+def train(cfg: TrainConfig, *, stop_after: int | None = None, restart: bool = False) -> RunResult:
     """Train `cfg.n_members` dictionaries on `cfg.data.store`; write them and the metrics to `cfg.run_dir`.
 
-    A run folder holding checkpoints of an unfinished run resumes from its newest complete checkpoint (same
-    config; any device count or mesh shape). stop_after: leave after that many steps in total with a
-    checkpoint there and without final dictionaries (for time-limited jobs; call again to go on).
+    A run folder holding checkpoints of an unfinished run resumes from its newest checkpoint that restores and
+    matches its checksums (same result-changing settings, see `run_folder.RESULT_NEUTRAL`; any device count or
+    mesh shape). stop_after: leave after that many steps in total with a checkpoint there and without final
+    dictionaries (for time-limited jobs; call again to go on). restart: set the run folder's checkpoints aside
+    (to checkpoints.skipped/) and start from step 0; needed when checkpoints existed but none restores.
+    A non-finite loss or gradient stops the run with `NonFiniteError`; its checkpoints stay as they were.
     """
     distributed.initialize(cfg.distributed)  # before any other JAX call
     store, mesh = validate(cfg)
@@ -156,9 +167,11 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     lock = _lock_run_folder(cfg.run_dir, is_writer)
     try:
         if is_writer:
-            run_folder.prepare(cfg.run_dir, cfg.to_dict())
+            run_folder.prepare(cfg.run_dir, cfg, store_identity(store))
         checkpoints = checkpoint_lib.RunCheckpoints(cfg.run_dir, keep=cfg.keep_checkpoints)
         try:
+            if restart:
+                checkpoints.set_all_aside()
             return _train_loop(cfg, store, mesh, order, streams, checkpoints, is_writer, stop_after)
         finally:
             checkpoints.close()
@@ -176,6 +189,8 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
         stream_state, start = StreamState(), 0
     else:
         state, stream_state, start = restored.state, restored.stream, restored.step
+        if is_writer:
+            log.info("resuming from step %d of %d (checkpoint %s)", start, cfg.num_steps, restored.path)
     # Records past the restored step would be written again: drop them (no step appears twice).
     kept_records = checkpoint_lib.truncate_metrics(cfg.run_dir, start) if is_writer else []
     end = cfg.num_steps if stop_after is None else min(cfg.num_steps, stop_after)
@@ -200,14 +215,16 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
         for step in range(start, end):
             x = place_batch(next(stream), mesh, cfg.data.batch_rows)
             state, step_metrics = step_fn(state, x, hp)
-            # Bound how far the host runs ahead of the device without syncing every step.
-            in_flight.append(step_metrics["loss"])
+            # Bound how far the host runs ahead of the device without syncing every step; the wait is where
+            # the non-finite flag of an older step is looked at (it costs no extra sync).
+            in_flight.append(step_metrics["first_nonfinite_step"])
             if len(in_flight) > 2:
-                in_flight.popleft().block_until_ready()
+                _check_finite(in_flight.popleft(), cfg, store, order, start, stream_state)
             if progress is not None:
                 progress.update(1)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.num_steps:
+                _check_finite(step_metrics["first_nonfinite_step"], cfg, store, order, start, stream_state)
                 summary = _to_host(summarise(state.acc, state.buffers["rows_since_fired"]))
                 now = time.perf_counter()
                 rows_seen = done * cfg.data.batch_rows
@@ -221,6 +238,8 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
                     m = last_records[0]
                     progress.set_postfix(rows_s=f"{rate:,.0f}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done in (end, cfg.num_steps):
+                # Never a checkpoint (nor, after the last one, a dictionary) of a run that met a non-finite step.
+                _check_finite(step_metrics["first_nonfinite_step"], cfg, store, order, start, stream_state)
                 # Returns once the arrays are copied off the device; files are written in the background.
                 checkpoints.save(done, state, stream.state, cfg.to_dict())
     finally:
@@ -240,6 +259,42 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
         run_folder.mark_complete(cfg.run_dir, {"steps": cfg.num_steps, "dictionaries": dictionaries,
                                                "store": os.path.abspath(cfg.data.store)})
     return RunResult(cfg.run_dir, dictionaries, last_records, cfg.data.store)
+
+
+def store_identity(store) -> dict:
+    """What tells this store apart from another of the same width: its manifest's creation time and size."""
+    return {"created": store.manifest.created, "d_model": store.d_model, "rows_committed": store.n_rows}
+
+
+def _check_finite(first_nonfinite_step: jax.Array, cfg: TrainConfig, store, order: BlockShuffleOrder,
+                  start: int, start_stream: StreamState) -> None:
+    """Raise NonFiniteError naming the step (and the batch's non-finite store rows) if the flag is set.
+
+    first_nonfinite_step: [] int32 from the step (-1: every step so far was finite). A host read: call it only
+    where the loop waits for the device anyway.
+    """
+    bad_step = int(_to_host(first_nonfinite_step))
+    if bad_step < 0:
+        return
+    position = start_stream
+    for _ in range(bad_step - start):
+        position = position.advanced(order)
+    rows = np.sort(order.batch_row_ids(position.epoch, position.batch))
+    finite_rows = np.isfinite(store.read_rows_at(rows)).all(axis=1)
+    bad_rows = rows[~finite_rows]
+    if len(bad_rows):
+        shown = ", ".join(str(r) for r in bad_rows[:NAMED_ROWS])
+        more = f" and {len(bad_rows) - NAMED_ROWS} more" if len(bad_rows) > NAMED_ROWS else ""
+        cause = (f"the batch holds {len(bad_rows)} non-finite store rows ({shown}{more}) of {store.path}; "
+                 f"repair or re-extract the store")
+    else:
+        cause = ("the batch's store rows are all finite, so the model diverged; lower optim.lr or set "
+                 "optim.grad_clip")
+    raise NonFiniteError(
+        f"training stopped: non-finite loss or gradient at step {bad_step + 1} of {cfg.num_steps}; {cause}. "
+        f"The last checkpoint before it is kept in {checkpoint_lib.checkpoint_dir(cfg.run_dir)}; the run is "
+        f"not complete"
+    )
 
 
 def _lock_run_folder(run_dir: str, is_writer: bool) -> RunLock | None:

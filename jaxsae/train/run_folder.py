@@ -1,24 +1,37 @@
 """The run folder: what a training run leaves on disk, and the marker that says it is finished.
 
 ```
-<run_dir>/config.json           the resolved TrainConfig
+<run_dir>/config.json           the resolved TrainConfig + "schema_version" + "store_identity" (absolute paths)
 <run_dir>/metrics.jsonl         one record per member per log read-back
 <run_dir>/tensorboard/          event files (when asked for)
 <run_dir>/checkpoints/          Orbax checkpoints
 <run_dir>/dictionaries/member_000/{dictionary.safetensors, config.json}
-<run_dir>/run.json              written last: {"status": "complete", ...}; absent = not finished
+<run_dir>/run.json              written last: {"status": "complete", "schema_version", ...}; absent = not finished
 ```
+
+Resume is all or nothing: a run folder holding an unfinished run is only continued with settings that give the
+same result. These may differ between the runs (they change where or how visibly the run goes, not what it
+computes): `RESULT_NEUTRAL` below. Everything else (the store -- its path and its identity --, the data order,
+sae, optim, hparams, members, seed, steps/total_rows as the number of steps, which sets the LR schedule) must
+match, or the rerun is refused before any work with every differing field named `field: old -> new`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import time
 
+from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
+from jaxsae.dictionary import TMP_PREFIX as TMP_DICTIONARY_PREFIX
 from jaxsae.sae.base import ConfigError
+from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
 
-COMPLETE_FILE = "run.json"
+RESULT_NEUTRAL = ("run_dir", "mesh.*", "distributed.*", "progress", "log_every", "tensorboard", "checkpoint_every",
+                  "keep_checkpoints", "data.prefetch", "data.allow_incomplete")
+"""Settings a resumed run may change (dotted names; `x.*` is a whole section)."""
 
 
 def is_complete(run_dir: str) -> bool:
@@ -26,7 +39,16 @@ def is_complete(run_dir: str) -> bool:
     if not os.path.isfile(path):
         return False
     with open(path) as f:
-        return json.load(f).get("status") == "complete"
+        record = json.load(f)
+    _check_schema(record, path)
+    return record.get("status") == "complete"
+
+
+def _check_schema(record: dict, path: str) -> None:
+    version = record.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(f"{path}: schema_version {version!r} is newer than this jaxsae reads ({SCHEMA_VERSION}); "
+                          f"upgrade jaxsae")
 
 
 def dictionary_dir(run_dir: str, member: int) -> str:
@@ -42,8 +64,13 @@ def write_json_atomic(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def prepare(run_dir: str, config: dict) -> None:
-    """Create (or reuse) the run folder; refuse one that holds a finished run or another run's config."""
+def prepare(run_dir: str, cfg: TrainConfig, store_identity: dict) -> None:
+    """Create (or reuse) the run folder; refuse one that holds a finished run or an unfinished run whose
+    settings differ in anything but `RESULT_NEUTRAL` (config.json is then left as it was).
+
+    store_identity: {"created", "d_model", "rows_committed"} of the store (its manifest), so another store at
+    the same path, or a store that grew, is told apart from the one the run started on.
+    """
     if is_complete(run_dir):
         raise ConfigError(
             f"run_dir: {run_dir} already holds a finished run; choose a new run_dir (or delete that folder)"
@@ -53,20 +80,70 @@ def prepare(run_dir: str, config: dict) -> None:
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
             previous = json.load(f)
-        if _shape_defining(previous) != _shape_defining(config):
+        _check_schema(previous, cfg_path)
+        differing = config_differences(previous, cfg, store_identity)
+        if differing:
             raise ConfigError(
-                f"run_dir: {run_dir} holds an unfinished run with a different sae/members/data config; "
-                f"resume it with its own config.json or choose a new run_dir"
+                f"run_dir: {run_dir} holds an unfinished run with other settings ({'; '.join(differing)}); "
+                f"resume it with the same settings (jaxsae train {cfg_path}) or choose a new run_dir"
             )
-    write_json_atomic(cfg_path, config)
+    remove_leftovers(run_dir)
+    write_json_atomic(cfg_path, {"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity})
 
 
-def _shape_defining(cfg: dict) -> tuple:
-    return (json.dumps(cfg.get("sae"), sort_keys=True), json.dumps(cfg.get("members"), sort_keys=True),
-            cfg.get("data", {}).get("batch_rows"), cfg.get("data", {}).get("streams"))
+def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -> list[str]:
+    """`field: old -> new` for every result-changing setting in which `cfg` differs from a saved config.json."""
+    try:
+        old_cfg = make_config(previous)
+    except ConfigError as e:
+        raise ConfigError(f"run_dir: {cfg.run_dir}/config.json cannot be read back ({e}); choose a new run_dir") from None
+    old, new = _comparable(old_cfg), _comparable(cfg)
+    differing = [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+                 for key in sorted(old.keys() | new.keys())
+                 if old.get(key) != new.get(key) and not _neutral(key)]
+    old_store = previous.get("store_identity")
+    if old_store and old_store != store_identity and old_cfg.data.store == cfg.data.store:
+        describe = lambda s: f"created {s.get('created')}, {s.get('rows_committed')} rows of d={s.get('d_model')}"  # noqa: E731
+        differing.append(f"data.store (contents): {describe(old_store)} -> {describe(store_identity)}")
+    return differing
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, str]:
+    """Dotted name -> JSON text of every setting; steps/total_rows as the number of steps they mean."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        elif prefix == "members.":
+            for i, member in enumerate(node):
+                walk(f"members[{i}].", member)
+            flat["len(members)"] = str(len(node))
+        else:
+            flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
+
+    settings = cfg.to_dict()
+    settings.pop("total_rows")
+    settings["steps"] = cfg.num_steps
+    walk("", settings)
+    return flat
+
+
+def _neutral(key: str) -> bool:
+    return any(key == n or (n.endswith(".*") and key.startswith(n[:-1])) for n in RESULT_NEUTRAL)
+
+
+def remove_leftovers(run_dir: str) -> None:
+    """Delete what an interrupted writer leaves: `*.tmp` files and half-saved `.tmp-dictionary-*` folders."""
+    for path in glob.glob(os.path.join(run_dir, "*.tmp")):
+        os.unlink(path)
+    for path in glob.glob(os.path.join(run_dir, "dictionaries", TMP_DICTIONARY_PREFIX + "*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def mark_complete(run_dir: str, summary: dict) -> None:
+    remove_leftovers(run_dir)
     write_json_atomic(os.path.join(run_dir, COMPLETE_FILE),
-                      {"status": "complete", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       **summary})
+                      {"status": "complete", "schema_version": SCHEMA_VERSION,
+                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})

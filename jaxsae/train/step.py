@@ -4,6 +4,10 @@ The step runs as one `shard_map` over the mesh (data, ens, latent): each device 
 of the members and of the dictionary; the architecture's math issues the collectives it needs (see
 `jaxsae.sae.collectives`). Members are `jax.vmap`ped. Nothing leaves the device: metrics accumulate in the
 state and the loop reads them back every `log_every` steps.
+
+A step whose loss or gradients are not all finite (any member, any device) changes nothing but
+`first_nonfinite_step`, which records it; every later step is a no-op too. So the state never holds NaN and
+the loop can look at that one scalar whenever it syncs anyway, rather than after every step.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class TrainState:
     buffers:   non-trained per-member state: rows_since_fired [E, n] int32, architecture buffers.
     scale:     [] float32 input normalisation (x_normalised = scale * x).
     acc:       metric sums since the last read-back: per-member scalars [E], fire_count [E, n], rows, steps.
+    first_nonfinite_step: [] int32 the step whose loss or gradients were not finite (-1: none); from then on
+               the state is frozen.
     """
 
     step: jax.Array
@@ -46,6 +52,7 @@ class TrainState:
     buffers: dict
     scale: jax.Array
     acc: dict
+    first_nonfinite_step: jax.Array
 
 
 def hparam_arrays(cfg: TrainConfig) -> dict[str, np.ndarray]:
@@ -112,7 +119,8 @@ def init_state(cfg: TrainConfig, mesh: Mesh, b_dec: np.ndarray, scale: float) ->
                 "rows": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.float32)}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=jax.vmap(_adam(cfg).init)(params), buffers=buffers,
-                          scale=jnp.asarray(scale, jnp.float32), acc=acc)
+                          scale=jnp.asarray(scale, jnp.float32), acc=acc,
+                          first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
     abstract = jax.eval_shape(build, seeds, jnp.asarray(b_dec, jnp.float32), np.float32(scale))
     out_shardings = mesh_lib.shardings(mesh, state_specs(abstract, cfg.sae.n_latents))
@@ -127,6 +135,7 @@ def state_specs(state: TrainState, n_latents: int) -> TrainState:
         buffers=mesh_lib.member_specs(state.buffers, n_latents), scale=P(),
         acc={k: (P() if np.ndim(v) == 0 else mesh_lib.member_spec((jax.tree_util.DictKey(k),), v, n_latents))
              for k, v in state.acc.items()},
+        first_nonfinite_step=P(),
     )
 
 
@@ -140,9 +149,10 @@ def _clip_by_global_norm(grads: dict, latent_sharded: dict, max_norm: float, axe
 
 
 def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) -> Callable:
-    """`step(state, batch [B, d] sharded on data, hp {k: [E]}) -> (state, {"loss": [E], "l0": [E]})`.
+    """`step(state, batch [B, d] sharded on data, hp {k: [E]}) -> (state, metrics)`.
 
-    Jitted with the state donated; the returned per-step metrics are not donated, so the loop can wait on them.
+    metrics: {"loss": [E], "l0": [E], "first_nonfinite_step": [] int32 (a copy of the state's)}. Jitted with
+    the state donated; the returned metrics are not donated, so the loop can wait on them and read them.
     """
     arch = sae_base.get(cfg.sae.architecture)
     sae, axes = cfg.sae, mesh_lib.MESH_AXES
@@ -206,12 +216,21 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh, abstract_state: TrainState) ->
         acc = {k: state.acc[k] + step_metrics[k] for k in METRIC_SCALARS + terms}
         acc |= {"fire_count": state.acc["fire_count"] + fire_count,
                 "rows": state.acc["rows"] + rows_global, "steps": state.acc["steps"] + 1}
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, buffers=buffers,
-                               scale=state.scale, acc=acc)
-        return new_state, {"loss": loss, "l0": out.l0}
+        updated = TrainState(step=state.step + 1, params=params, opt_state=opt_state, buffers=buffers,
+                             scale=state.scale, acc=acc, first_nonfinite_step=state.first_nonfinite_step)
+        # Global over members and devices: summed over the mesh axes along which the count may differ.
+        n_nonfinite = sum(jnp.sum(~jnp.isfinite(g)).astype(jnp.int32) for g in jax.tree.leaves((loss, grads)))
+        varying = tuple(sorted(col.varying_axes(n_nonfinite)))
+        finite = (jax.lax.psum(n_nonfinite, varying) if varying else n_nonfinite) == 0
+        first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                              state.first_nonfinite_step)
+        keep = finite & (state.first_nonfinite_step < 0)
+        new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), updated, state)
+        new_state = new_state.replace(first_nonfinite_step=first_bad)
+        return new_state, {"loss": loss, "l0": out.l0, "first_nonfinite_step": first_bad}
 
     hp_spec = {k: P("ens") for k in hparam_arrays(cfg)}
     sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(specs, P("data", None), hp_spec),
-                            out_specs=(specs, {"loss": P("ens"), "l0": P("ens")}))
+                            out_specs=(specs, {"loss": P("ens"), "l0": P("ens"), "first_nonfinite_step": P()}))
     return jax.jit(sharded, donate_argnums=(0,))
 
