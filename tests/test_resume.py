@@ -101,7 +101,7 @@ def test_stopped_runs_resume_bitwise_including_an_uncommitted_checkpoint(store, 
     assert got_metrics == want_metrics  # and the same values
 
 
-def test_sigkilled_trainer_resumes_bitwise(store, uninterrupted, tmp_path):
+def test_sigkilled_trainer_resumes_bitwise(store, uninterrupted, tmp_path, capsys):
     _, want, _ = uninterrupted
     run_dir = tmp_path / "run"
     # Checkpoint every step, so the kill lands while saves are in flight; same 8 devices as this process.
@@ -120,8 +120,8 @@ def test_sigkilled_trainer_resumes_bitwise(store, uninterrupted, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the trainer finished before the kill (delay {delay:.2f}s)"
 
-    with pytest.warns(UserWarning, match="is gone"):  # the dead trainer's lock is taken over
-        result = train(load_config(None, overrides))
+    result = train(load_config(None, overrides))
+    assert "is gone; taking the folder over" in capsys.readouterr().err  # the dead trainer's lock is taken over
     assert len(result.dictionaries) == 2
     _assert_bitwise(_final_state(load_config(None, overrides)), want)
     steps = [r["step"] for r in read_metrics(str(run_dir)) if r["member"] == 0]
