@@ -231,8 +231,11 @@ def test_neutral_changes_resume_and_a_finished_folder_has_no_leftovers(store, st
     (run_dir / "config.json.tmp").write_text("{")
     capsys.readouterr()
 
-    # Another run_dir spelling, mesh, log cadence, checkpoint cadence: none changes the result.
-    assert main(["train", *_args(store, run_dir, "mesh.data=4", "mesh.latent=1", "log_every=7",
+    # Another run_dir spelling, mesh, log cadence, checkpoint cadence, the same store moved elsewhere: none
+    # changes the result.
+    moved = tmp_path / "moved-store"
+    shutil.copytree(store, moved)
+    assert main(["train", *_args(moved, run_dir, "mesh.data=4", "mesh.latent=1", "log_every=7",
                                  "checkpoint_every=4", "keep_checkpoints=3")]) == 0
     assert f"jaxsae: resuming from step 5 of {STEPS}" in capsys.readouterr().err
     got = _dictionaries(run_dir)
@@ -245,7 +248,7 @@ def test_neutral_changes_resume_and_a_finished_folder_has_no_leftovers(store, st
     assert leftovers == []
     for name in ("run.json", "config.json"):
         assert json.loads((run_dir / name).read_text())["schema_version"] == 1
-    assert load_config(str(run_dir / "config.json")).data.store == str(store)  # its own config reads back
+    assert load_config(str(run_dir / "config.json")).data.store == str(moved)  # its own config reads back
 
 
 def test_loading_from_an_unfinished_run_says_so(stopped, tmp_path):

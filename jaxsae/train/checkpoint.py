@@ -142,9 +142,24 @@ def _quiet_restore():
         yield
     finally:
         gc.collect()  # the failed reads' coroutines are reported while the hook is still ours
-        sys.unraisablehook = unraisablehook
+        sys.unraisablehook = _without_closed_loop_noise(unraisablehook)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _without_closed_loop_noise(hook):
+    """`hook`, minus the "RuntimeError: Event loop is closed" reports of read callbacks that TensorStore threads
+    deliver after a failed restore's event loop has gone (they can arrive any time until the process exits)."""
+    if getattr(hook, "drops_closed_loop_noise", False):
+        return hook
+
+    def filtered(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            hook(unraisable)
+
+    filtered.drops_closed_loop_noise = True
+    return filtered
 
 
 def _barrier(name: str) -> None:

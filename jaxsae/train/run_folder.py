@@ -11,7 +11,8 @@
 
 Resume is all or nothing: a run folder holding an unfinished run is only continued with settings that give the
 same result. These may differ between the runs (they change where or how visibly the run goes, not what it
-computes): `RESULT_NEUTRAL` below. Everything else (the store -- its path and its identity --, the data order,
+computes): `RESULT_NEUTRAL` below, and the store's path when the store itself (its identity) is the same one,
+moved or copied. Everything else (the store's identity, the data order,
 sae, optim, hparams, members, seed, steps/total_rows as the number of steps, which sets the LR schedule) must
 match, or the rerun is refused before any work with every differing field named `field: old -> new`.
 """
@@ -98,10 +99,11 @@ def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -
     except ConfigError as e:
         raise ConfigError(f"run_dir: {cfg.run_dir}/config.json cannot be read back ({e}); choose a new run_dir") from None
     old, new = _comparable(old_cfg), _comparable(cfg)
+    old_store = previous.get("store_identity")
+    moved_store = bool(old_store) and old_store == store_identity  # the same store at another path: same result
     differing = [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
                  for key in sorted(old.keys() | new.keys())
-                 if old.get(key) != new.get(key) and not _neutral(key)]
-    old_store = previous.get("store_identity")
+                 if old.get(key) != new.get(key) and not _neutral(key) and not (key == "data.store" and moved_store)]
     if old_store and old_store != store_identity and old_cfg.data.store == cfg.data.store:
         describe = lambda s: f"created {s.get('created')}, {s.get('rows_committed')} rows of d={s.get('d_model')}"  # noqa: E731
         differing.append(f"data.store (contents): {describe(old_store)} -> {describe(store_identity)}")
