@@ -76,7 +76,6 @@ def cells_done(manifest: Path) -> int:
         return -1
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, tmp_path):
     adata, model = case
     reference = tmp_path / "reference"
@@ -105,7 +104,6 @@ def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, tmp_path
     assert interrupted >= 4, f"only {interrupted} of 5 kills landed during the extraction"
 
 
-@pytest.mark.slow
 def test_disk_full_is_one_line_marks_nothing_complete_and_the_rerun_completes(case, tmp_path):
     adata, model = case
     reference = tmp_path / "reference"
@@ -150,7 +148,6 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_two_extraction_processes_on_one_folder_one_runs_the_other_is_refused(case, tmp_path):
     adata, model = case
     out, go = tmp_path / "out", tmp_path / "go"

@@ -272,7 +272,6 @@ def _committed(run_dir) -> list[str]:
     return [name for name in os.listdir(directory) if name.isdigit()] if directory.is_dir() else []
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, seed):
     run_dir = tmp_path / "run"
