@@ -142,23 +142,30 @@ def _quiet_restore():
         yield
     finally:
         gc.collect()  # the failed reads' coroutines are reported while the hook is still ours
-        sys.unraisablehook = _without_closed_loop_noise(unraisablehook)
+        sys.unraisablehook = _without_failed_read_noise(unraisablehook)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
 
-def _without_closed_loop_noise(hook):
-    """`hook`, minus the "RuntimeError: Event loop is closed" reports of read callbacks that TensorStore threads
-    deliver after a failed restore's event loop has gone (they can arrive any time until the process exits)."""
-    if getattr(hook, "drops_closed_loop_noise", False):
+def _is_failed_read_noise(unraisable) -> bool:
+    """A report left by the reads of a restore that already failed (and was named in one line): Orbax's read
+    coroutines collected with their exception, or TensorStore callbacks into the event loop that has gone."""
+    exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _without_failed_read_noise(hook):
+    """`hook`, minus the failed reads' reports, which threads can deliver any time until the process exits."""
+    if getattr(hook, "drops_failed_read_noise", False):
         return hook
 
     def filtered(unraisable):
-        exc = unraisable.exc_value
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        if not _is_failed_read_noise(unraisable):
             hook(unraisable)
 
-    filtered.drops_closed_loop_noise = True
+    filtered.drops_failed_read_noise = True
     return filtered
 
 
