@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxsae-installed
 
-.PHONY: demo test test-slow bench
+.PHONY: demo test test-slow bench system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) experiments/quickstart.py $(ARGS)
 
-test: $(STAMP)
+system-deps:
+	@tools/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-deps
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)
