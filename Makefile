@@ -22,7 +22,8 @@ system-deps:
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow: $(STAMP) system-deps
+test-slow: $(STAMP)
+	@tools/system-deps.sh --slow
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)

@@ -229,6 +229,7 @@ def test_t_cell_genes_enrich_for_t_cell_terms():
     assert "B cell" in top["b"][0] and "B cell receptor signaling pathway" in top["b"]
 
 
+@pytest.mark.slow  # needs Debian's Bioconductor packages (they pull in R: ~800 packages); `make test-slow` installs them
 def test_builder_reproduces_the_committed_file():
     spec = importlib.util.spec_from_file_location("build_go_gene_sets", REPO / "experiments" / "build_go_gene_sets.py")
     builder = importlib.util.module_from_spec(spec)
