@@ -90,9 +90,10 @@ def promoted_genes(model_dir: str | Path, dictionary, store, *, top: int = 10, f
 def typical_activations(dictionary, store) -> np.ndarray:
     """[n_latents] mean non-zero activation of each feature over an evenly spaced sample of store rows."""
     sample = np.unique(np.linspace(0, store.n_rows - 1, min(SAMPLE_ROWS, store.n_rows)).astype(np.int64))
-    codes = np.asarray(dictionary.encode(store.read_rows_at(sample)))
-    fired = (codes > 0).sum(0)
-    typical = np.divide(codes.sum(0), fired, out=np.zeros(codes.shape[1]), where=fired > 0)
+    codes = dictionary.encode(store.read_rows_at(sample), sparse=True)  # CSR [rows, n_latents]
+    fired = np.bincount(codes.indices[codes.data > 0], minlength=codes.shape[1])
+    total = np.asarray(codes.maximum(0).sum(axis=0)).ravel()
+    typical = np.divide(total, fired, out=np.zeros(codes.shape[1]), where=fired > 0)
     fallback = float(np.median(typical[fired > 0])) if (fired > 0).any() else 1.0
     return np.where(fired > 0, typical, fallback)
 

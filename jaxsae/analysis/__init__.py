@@ -12,6 +12,8 @@ Public API (imported lazily; each name lives in the module named next to it):
 """
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     "TokenCodes": "jaxsae.analysis.encode", "encode_store": "jaxsae.analysis.encode",
@@ -32,8 +34,23 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'jaxsae.analysis' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Importing submodule `associate` (or `enrich`) sets the package attribute of that name to the module;
+    the exported function of the same name must win, so `from jaxsae.analysis import associate` is the
+    function whatever was imported before (the submodules stay importable by their dotted names)."""
+
+    def __setattr__(self, name, value):
+        if not (name in _EXPORTS and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():
