@@ -7,6 +7,7 @@ Public API (imported lazily; each name lives in the module named next to it):
     feature_table(...), top_genes(...)                     features.py   per-feature statistics and genes
     associate(adata, obs), best_features(...)              associate.py  AUROC / mean difference / specificity
     differential_expression(adata, feature)                expression.py scanpy Wilcoxon, active vs inactive cells
+    analyze(dictionary, store, out_dir, obs=...)           pipeline.py   `jaxsae analyze`: every table, on disk
     read_gmt(path), go_gene_sets(), enrich(...)            enrich.py     over-representation, BH FDR
     load_genes(store)                                      jaxsae.store.genes  token id -> gene table
 """
@@ -23,6 +24,7 @@ _EXPORTS = {
     "associate": "jaxsae.analysis.associate", "best_features": "jaxsae.analysis.associate",
     "plot_association_heatmap": "jaxsae.analysis.associate",
     "differential_expression": "jaxsae.analysis.expression",
+    "analyze": "jaxsae.analysis.pipeline",
     "GeneSets": "jaxsae.analysis.enrich", "read_gmt": "jaxsae.analysis.enrich",
     "go_gene_sets": "jaxsae.analysis.enrich", "enrich": "jaxsae.analysis.enrich",
     "load_genes": "jaxsae.store.genes",
