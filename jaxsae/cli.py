@@ -54,6 +54,17 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    from jaxsae.analysis.pipeline import analyze
+
+    result = analyze(args.dictionary, args.store, args.out, adata=args.adata, obs=args.obs, agg=args.agg,
+                     model_dir=args.model, progress=not args.no_progress)
+    for key, path in result.paths.items():
+        print(f"{key + ':':16}{path}")
+    print("\n".join(result.summary()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsae", description="Sparse autoencoders for single-cell model activations")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "completeness (exit 0 sound, 1 problems found, 2 not a store)")
     q.add_argument("path")
     q.set_defaults(fn=_cmd_store_verify)
+    q = store_sub.add_parser("add-genes", help="write genes.tsv (token id -> gene) into a store extracted before "
+                                               "gene tables existed, from the model folder it was extracted with")
+    try:
+        from extract.cli import add_add_genes_arguments
+    except ImportError:  # the [extract] extra (torch) is not installed
+        q.add_argument("path")
+        q.add_argument("--model", required=True)
+        q.set_defaults(fn=lambda _: _missing_extract("jaxsae store add-genes"))
+    else:
+        add_add_genes_arguments(q)
 
     p = sub.add_parser("synth", help="write a synthetic store made from a known sparse dictionary")
     p.add_argument("out")
@@ -87,18 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=_cmd_synth)
 
+    p = sub.add_parser("analyze", help="cells x features AnnData, feature / gene tables, cell-type association")
+    p.add_argument("dictionary", help="a dictionary folder (RUN/dictionaries/member_000)")
+    p.add_argument("--store", required=True, help="the store it was trained on, or the extraction output folder")
+    p.add_argument("--adata", help="the .h5ad of the extracted cells (default: the one the extraction recorded)")
+    p.add_argument("--obs", help="categorical obs column to associate features with (e.g. cell type)")
+    p.add_argument("--agg", choices=("mean", "max", "frac"), default="mean", help="per-cell aggregation of token rows")
+    p.add_argument("--model", help="the model folder: also write promoted_genes.csv (needs jaxsae[extract])")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_cmd_analyze)
+
     try:
         from extract.cli import add_extract_parser
     except ImportError:  # the [extract] extra (torch) is not installed
         p = sub.add_parser("extract", help="extract activations (needs: pip install 'jaxsae[extract]')")
-        p.set_defaults(fn=lambda _: _missing_extract())
+        p.set_defaults(fn=lambda _: _missing_extract("jaxsae extract"))
     else:
         add_extract_parser(sub)
     return parser
 
 
-def _missing_extract() -> int:
-    print("error: `jaxsae extract` needs PyTorch: pip install 'jaxsae[extract]'", file=sys.stderr)
+def _missing_extract(verb: str) -> int:
+    print(f"error: `{verb}` needs PyTorch: pip install 'jaxsae[extract]'", file=sys.stderr)
     return 2
 
 

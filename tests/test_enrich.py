@@ -15,7 +15,7 @@ import pytest
 import scipy.stats
 
 from jaxsae.analysis import AnalysisError, GeneSets, enrich, go_gene_sets, read_gmt
-from jaxsae.analysis.enrich import COLUMNS
+from jaxsae.analysis.enrichment import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "jaxsae" / "analysis" / "data"
