@@ -57,8 +57,9 @@ def _cmd_synth(args) -> int:
 def _cmd_analyze(args) -> int:
     from jaxsae.analysis.pipeline import analyze
 
+    gene_sets = ([] if args.no_go else ["go"]) + list(args.gmt or [])
     result = analyze(args.dictionary, args.store, args.out, adata=args.adata, obs=args.obs, agg=args.agg,
-                     model_dir=args.model, progress=not args.no_progress)
+                     model_dir=args.model, gene_sets=gene_sets or None, progress=not args.no_progress)
     for key, path in result.paths.items():
         print(f"{key + ':':16}{path}")
     print("\n".join(result.summary()))
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs", help="categorical obs column to associate features with (e.g. cell type)")
     p.add_argument("--agg", choices=("mean", "max", "frac"), default="mean", help="per-cell aggregation of token rows")
     p.add_argument("--model", help="the model folder: also write promoted_genes.csv (needs jaxsae[extract])")
+    p.add_argument("--gmt", action="append", metavar="FILE",
+                   help="gene sets (GMT, gene symbols) to test each feature's top genes against (repeatable)")
+    p.add_argument("--no-go", action="store_true",
+                   help="skip the shipped human GO biological-process sets (on by default when genes have symbols)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_analyze)

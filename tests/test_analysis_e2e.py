@@ -55,12 +55,17 @@ def run_cli(*args, cwd):
 
 def test_jaxsae_analyze_writes_every_file(geneformer_run, tmp_path):
     h5ad, model, out, dictionary = geneformer_run
+    gmt = tmp_path / "sets.gmt"  # two sets of the tiny model's symbols, one of them every gene
+    gmt.write_text("EVEN\teven genes\t" + "\t".join(f"SYM{i}" for i in range(0, 60, 2)) + "\n"
+                   "ALL\tevery gene\t" + "\t".join(f"SYM{i}" for i in range(60)) + "\n")
     done = run_cli("analyze", dictionary, "--store", out, "--obs", "cell_type", "--model", model, "--out",
-                   tmp_path / "analysis", "--no-progress", cwd=tmp_path)
+                   tmp_path / "analysis", "--gmt", gmt, "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     files = {"cells.h5ad", "features.csv", "associations.csv", "best_features.csv", "top_genes.csv",
-             "promoted_genes.csv", "heatmap.png"}
-    assert {p.name for p in (tmp_path / "analysis").iterdir()} == files
+             "promoted_genes.csv", "heatmap.png", "enrichment.csv"}
+    assert {p.name for p in (tmp_path / "analysis").iterdir()} == files  # no half-written leftovers
+    enrichment = pd.read_csv(tmp_path / "analysis" / "enrichment.csv")
+    assert set(enrichment["gene_set"]) <= {"EVEN", "ALL"} and (enrichment["fdr"] <= 0.05).all()
     for label in ("B", "NK", "T"):
         assert any(line.startswith(f"{label}: feature ") and "AUROC" in line for line in done.stdout.splitlines())
     cells = anndata.read_h5ad(tmp_path / "analysis" / "cells.h5ad")

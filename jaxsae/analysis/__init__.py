@@ -5,6 +5,7 @@ Public API (imported lazily; each name lives in the module named next to it):
     encode_cells(store, dictionary, adata, agg=...)        cells.py      cells x features into adata.obsm
     features_to_obs(adata, features)                       cells.py      chosen features as obs columns (sc.pl.umap)
     feature_table(...), top_genes(...)                     features.py   per-feature statistics and genes
+    feature_enrichment(codes, genes, gene_sets)            features.py   gene sets over each feature's top genes
     associate(adata, obs), best_features(...)              association.py AUROC / mean difference / specificity
     differential_expression(adata, feature)                expression.py scanpy Wilcoxon, active vs inactive cells
     analyze(dictionary, store, out_dir, obs=...)           pipeline.py   `jaxsae analyze`: every table, on disk
@@ -19,6 +20,7 @@ _EXPORTS = {
     "encode_cells": "jaxsae.analysis.cells", "aggregate_cells": "jaxsae.analysis.cells",
     "features_to_obs": "jaxsae.analysis.cells",
     "feature_table": "jaxsae.analysis.features", "top_genes": "jaxsae.analysis.features",
+    "feature_enrichment": "jaxsae.analysis.features",
     "associate": "jaxsae.analysis.association", "best_features": "jaxsae.analysis.association",
     "plot_association_heatmap": "jaxsae.analysis.association",
     "differential_expression": "jaxsae.analysis.expression",

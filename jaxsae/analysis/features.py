@@ -124,3 +124,29 @@ def _joined(feature: np.ndarray, names: np.ndarray, n_latents: int) -> np.ndarra
     """[n_latents] strings: the names of each feature, in the order given, "; "-joined ("" for none)."""
     joined = pd.Series(names, dtype=object).groupby(feature, sort=False).agg("; ".join)
     return joined.reindex(range(n_latents), fill_value="").to_numpy(dtype=object)
+
+
+def feature_enrichment(codes, genes: pd.DataFrame, gene_sets, *, top: int = 20, min_rows: int = 5,
+                       max_fdr: float = 0.05) -> pd.DataFrame:
+    """Gene-set over-representation of each feature's top genes (`enrich` on `top_genes`' symbols).
+
+    codes: TokenCodes of a token store; genes: its gene table (load_genes); gene_sets: a GeneSets / mapping of
+    symbol sets (go_gene_sets(), read_gmt(path)). Feature genes: the feature's `top` genes by top_genes'
+    ranking. Universe: every gene with at least `min_rows` token rows in the store, i.e. exactly the genes
+    that could have been a feature's top gene (a vocabulary-wide universe would overstate enrichment for
+    the genes this data expresses). Returns enrich's table (rows with fdr <= max_fdr; global BH FDR).
+    """
+    from jaxsae.analysis.enrichment import enrich
+
+    table = top_genes(codes, genes, top=top, min_rows=min_rows)
+    token_id = np.asarray(codes.token_id, np.int64)
+    tokens, n_rows = np.unique(token_id[token_id >= 0], return_counts=True)
+    universe = _annotation(genes, tokens[n_rows >= min_rows])["symbol"]
+    universe = [s for s in universe if s]
+    named = table[table["symbol"] != ""]
+    if not universe or named.empty:
+        raise AnalysisError(f"store {getattr(codes, 'store', '')}: its gene table has no symbols for the genes "
+                            "in the store; gene sets are matched by symbol (write genes.tsv with symbols: "
+                            "jaxsae store add-genes STORE --model MODEL_DIR)")
+    feature_genes = named.groupby("feature", sort=True)["symbol"].agg(list).to_dict()
+    return enrich(feature_genes, gene_sets, universe, max_fdr=max_fdr)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -19,41 +22,68 @@ class AnalyzeResult:
     paths: dict[str, str]
     best: pd.DataFrame | None
     top_genes: pd.DataFrame | None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> list[str]:
         """Per label: its best feature, the AUROC and the feature's top genes (what the CLI prints)."""
         if self.best is None:
-            return ["no --obs column given: no cell-type association"]
+            return [*self.notes, "no --obs column given: no cell-type association"]
         from jaxsae.analysis.features import gene_labels
 
         genes = {}
         if self.top_genes is not None and len(self.top_genes):
             named = self.top_genes.assign(name=gene_labels(self.top_genes))
             genes = named.groupby("feature")["name"].agg(lambda names: ", ".join(names.head(5))).to_dict()
-        return [f"{row.label}: feature {row.feature} (AUROC {row.auroc:.3f}) top genes: "
-                f"{genes.get(row.feature, '-')}" for row in self.best.itertuples()]
+        return [*self.notes, *(f"{row.label}: feature {row.feature} (AUROC {row.auroc:.3f}) top genes: "
+                f"{genes.get(row.feature, '-')}" for row in self.best.itertuples())]
 
 
 def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, agg: str = "mean",
-            model_dir=None, name: str = "sae", top: int = 10, progress: bool = True) -> AnalyzeResult:
+            model_dir=None, name: str = "sae", top: int = 10, gene_sets="go", progress: bool = True) -> AnalyzeResult:
     """Encode `store` with `dictionary` and write the analysis files into `out_dir`:
     cells.h5ad (obsm[f"X_{name}"]), features.csv, top_genes.csv (token stores), promoted_genes.csv (with
-    model_dir), and with obs: associations.csv, best_features.csv, heatmap.png.
-    Every input is checked before the encoding starts (see encode_cells; obs must be a categorical column).
+    model_dir), enrichment.csv (token stores whose gene table has symbols), and with obs: associations.csv,
+    best_features.csv, heatmap.png.
+
+    gene_sets: "go" (the shipped human GO biological-process sets; skipped with a note when the store's genes
+    have no symbols), a GMT path, a GeneSets / mapping of symbol sets, a list of these (merged), or None.
+    Every input is checked before the encoding starts (see encode_cells; obs must be a categorical column; GMT
+    files are parsed). Files are written into a hidden folder inside out_dir and moved into place at the end,
+    so a crash leaves no half-written table looking finished.
     """
-    from jaxsae.analysis.association import associate, best_features, obs_labels, plot_association_heatmap
-    from jaxsae.analysis.cells import attach_codes, prepare
-    from jaxsae.analysis.encode import encode_store
-    from jaxsae.analysis.features import feature_table, top_genes
+    from jaxsae.analysis.association import obs_labels
+    from jaxsae.analysis.cells import prepare
 
     store, dictionary_obj, adata, provenance = prepare(store, dictionary, adata, agg=agg, name=name)
     if obs is not None:
         obs_labels(adata, obs)
     if model_dir is not None and not Path(model_dir).is_dir():
         raise AnalysisError(f"model folder {model_dir} does not exist; pass the folder the store was extracted with")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sets, sets_required = _gene_sets(gene_sets)
+    final = Path(out_dir)
+    final.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=".partial-", dir=final))
+    try:
+        paths, best, genes_table, notes = _write(store, dictionary_obj, adata, provenance, out, obs=obs, agg=agg,
+                                                 model_dir=model_dir, name=name, top=top, sets=sets,
+                                                 sets_required=sets_required, progress=progress)
+        for key, path in paths.items():  # cells.h5ad last: its presence means the folder is whole
+            os.replace(path, final / Path(path).name)
+            paths[key] = os.fspath(final / Path(path).name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return AnalyzeResult(paths=paths, best=best, top_genes=genes_table, notes=notes)
+
+
+def _write(store, dictionary_obj, adata, provenance, out: Path, *, obs, agg, model_dir, name, top, sets,
+           sets_required, progress):
+    from jaxsae.analysis.association import associate, best_features, plot_association_heatmap
+    from jaxsae.analysis.cells import attach_codes
+    from jaxsae.analysis.encode import encode_store
+    from jaxsae.analysis.features import feature_enrichment, feature_table, top_genes
+
     paths: dict[str, str] = {}
+    notes: list[str] = []
 
     codes = encode_store(store, dictionary_obj, progress=progress)
     attach_codes(adata, codes, agg=agg, name=name, provenance=provenance)
@@ -68,7 +98,30 @@ def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, a
 
         promoted = promoted_genes(model_dir, dictionary_obj, store, top=top)
         paths["promoted_genes"] = _csv(promoted, out / "promoted_genes.csv")
+    enrichment = None
+    if sets is not None:
+        has_symbols = genes is not None and (genes["symbol"].fillna("") != "").any()
+        if genes_table is None or not has_symbols:
+            why = "a cell-level store" if genes_table is None else "the store's gene table has no symbols"
+            if sets_required:
+                raise AnalysisError(f"gene-set enrichment needs the gene symbols of a token store ({why}); "
+                                    "pass gene_sets=None (CLI: --no-go, no --gmt) or analyse the layer's tokens store")
+            notes.append(f"no gene-set enrichment: {why}")
+        else:
+            try:
+                enrichment = feature_enrichment(codes, genes, sets, top=max(top, 20))
+            except AnalysisError as e:  # the default GO sets against non-human or non-symbol genes
+                if sets_required:
+                    raise
+                notes.append(f"no gene-set enrichment: no GO set overlaps the store's genes ({e})")
+            else:
+                paths["enrichment"] = _csv(enrichment, out / "enrichment.csv")
     table = feature_table(adata, name=name, codes=codes, genes=genes, promoted=promoted, top=min(top, 5))
+    if enrichment is not None:
+        best_sets = enrichment.groupby("feature", sort=False).head(3)
+        label = best_sets["description"].where(best_sets["description"] != "", best_sets["gene_set"])
+        joined = label.groupby(best_sets["feature"].to_numpy(), sort=False).agg("; ".join)
+        table["top_enrichments"] = joined.reindex(table.index, fill_value="").to_numpy(dtype=object)
     paths["features"] = _csv(table, out / "features.csv", index=True)
     best = None
     if obs is not None:
@@ -79,7 +132,27 @@ def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, a
         paths["heatmap"] = plot_association_heatmap(assoc, out / "heatmap.png")
     adata.write_h5ad(out / "cells.h5ad")
     paths["cells"] = str(out / "cells.h5ad")
-    return AnalyzeResult(paths=paths, best=best, top_genes=genes_table)
+    return paths, best, genes_table, notes
+
+
+def _gene_sets(gene_sets):
+    """(merged GeneSets or None, whether the caller asked for them explicitly); GMT files parsed now."""
+    from jaxsae.analysis.enrichment import GeneSets, go_gene_sets, read_gmt
+
+    if gene_sets is None:
+        return None, False
+    items = list(gene_sets) if isinstance(gene_sets, (list, tuple)) else [gene_sets]
+    required = any(not (isinstance(item, str) and item == "go") for item in items)
+    merged: dict = {}
+    descriptions: dict = {}
+    for item in items:
+        sets = go_gene_sets() if isinstance(item, str) and item == "go" else (
+            read_gmt(item) if isinstance(item, (str, os.PathLike)) else item)
+        if not isinstance(sets, Mapping):
+            raise AnalysisError(f"gene_sets item {item!r}: expected 'go', a GMT path or a mapping name -> genes")
+        merged.update(sets)
+        descriptions.update(getattr(sets, "descriptions", {}))
+    return GeneSets(merged, descriptions), required
 
 
 def _genes(store_path) -> pd.DataFrame | None:
