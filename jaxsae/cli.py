@@ -54,6 +54,16 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from jaxsae.report import build_report
+
+    gene_sets = {} if args.gene_sets == "none" else (None if args.gene_sets == "go" else args.gene_sets)
+    path = build_report(args.run_or_dictionary, args.store, args.adata, obs=args.obs, out=args.out,
+                        n_cards=args.cards, model=args.model, gene_sets=gene_sets, member=args.member)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsae", description="Sparse autoencoders for single-cell model activations")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=_cmd_synth)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of a trained dictionary: training "
+                                      "curves, feature density, a searchable table of all features, feature cards")
+    p.add_argument("run_or_dictionary", help="a finished run folder or a dictionary folder")
+    p.add_argument("--store", required=True, help="the token activation store to encode (layer_N/tokens)")
+    p.add_argument("--adata", required=True, help="the .h5ad the store was extracted from (cells, labels, UMAP)")
+    p.add_argument("--obs", help="categorical obs column to find each feature's best label (default: the first "
+                                 "categorical column with 2-100 categories)")
+    p.add_argument("--out", help="the HTML file (default: report.html inside RUN_OR_DICTIONARY)")
+    p.add_argument("--cards", type=int, default=24, help="number of feature cards (default 24)")
+    p.add_argument("--model", help="the model folder, to list the genes each feature promotes in its output head")
+    p.add_argument("--member", type=int, default=0, help="which member of a run with several (default 0)")
+    p.add_argument("--gene-sets", default="go", help="'go' (shipped human GO biological process, default), "
+                                                    "a .gmt file, or 'none'")
+    p.set_defaults(fn=_cmd_report)
 
     try:
         from extract.cli import add_extract_parser
