@@ -94,3 +94,23 @@ def run_extract_cli(args: argparse.Namespace) -> int:
         for path in sorted(p for p in token_store.parent.iterdir() if (p / "manifest.json").is_file()):
             print(f"layer {layer} {path.name:<9} {path}  ({open_store(path).n_rows:,} rows)")
     return 0
+
+
+def add_add_genes_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `jaxsae store add-genes` (the parser itself lives in jaxsae.cli)."""
+    parser.add_argument("path", help="an extraction store folder without genes.tsv")
+    parser.add_argument("--model", required=True, help="the model folder the store was extracted with")
+    for name in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary"):
+        parser.add_argument("--" + name.replace("_", "-"), default=None, help=_HELP[name])
+    parser.set_defaults(fn=run_add_genes_cli)
+
+
+def run_add_genes_cli(args: argparse.Namespace) -> int:
+    """Write the store's genes.tsv from the model's vocabulary; a wrong model is an ExtractError (exit 2)."""
+    from extract.genes import add_genes
+
+    files = {k: getattr(args, k) for k in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary")
+             if getattr(args, k) is not None}
+    path = add_genes(args.path, args.model, **files)
+    print(f"gene table: {path}")
+    return 0

@@ -8,6 +8,8 @@ Output folder:
                                    include_special_tokens says; token_id = position = -1)
     out_dir/layer_{L}/cell_cls/    one row per cell: the residual stream at position 0, the <cls> token
                                    (models with one: Geneformer V2, scGPT; token_id = <cls>, position = 0)
+    out_dir/layer_{L}/{kind}/genes.tsv  the model's token id -> gene table (jaxsae.store.genes), written when
+                                   the store is created, before any commit can mark it complete
     out_dir/skipped_cells.json     cells with no expressed model gene (skipped, with a logged notice)
     out_dir/extract.lock           while an extraction runs: its pid, host and token (one extraction per out_dir)
     out_dir/extraction.json        written last, when every store is complete: {"complete": true, ...}
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from extract.config import ExtractConfig
@@ -46,6 +49,7 @@ from extract.errors import ExtractError
 from extract.models import ExtractModel, load_model
 from extract.tokenize.genes import TokenizedCells
 from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
+from jaxsae.store.genes import write_genes
 from jaxsae.store.manifest import read_manifest
 
 INDEX_FILE = "extraction.json"
@@ -182,13 +186,18 @@ def check_existing(out_dir: Path, paths: dict, sources: dict, common: dict) -> N
 
 
 class _Stores:
-    """The writers of one extraction, opened (resume) or created, and how far each one has committed."""
+    """The writers of one extraction, opened (resume) or created, and how far each one has committed.
 
-    def __init__(self, paths: dict, sources: dict, d_model: int, config: ExtractConfig, n_cells: int):
+    Each store's gene table (`genes.tsv`, the model's token id -> gene table) is written before its writer
+    is created or opened, so it lands before the commit that makes the store complete."""
+
+    def __init__(self, paths: dict, sources: dict, d_model: int, config: ExtractConfig, n_cells: int,
+                 genes: pd.DataFrame):
         self.n_cells = n_cells
         self.writers = {}
         self.cells_done = {}
         for key, path in paths.items():
+            write_genes(path, genes)
             if (path / "manifest.json").is_file() and not config.overwrite:
                 writer = StoreWriter.open(path)
             else:
@@ -327,7 +336,7 @@ def extract(
                 (out_dir / INDEX_FILE).unlink(missing_ok=True)
                 _write_json_atomic(out_dir / SKIPPED_FILE, {"reason": "no expressed model gene",
                                                             "cell_index": skipped.tolist()})
-                stores = _Stores(paths, sources, model.d_model, config, source.n_cells)
+                stores = _Stores(paths, sources, model.d_model, config, source.n_cells, model.gene_table())
                 _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
                 stores.close()
                 _write_json_atomic(out_dir / INDEX_FILE, {

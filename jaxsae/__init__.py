@@ -4,6 +4,7 @@ Public API (imported lazily, so `import jaxsae.store` stays light):
     jaxsae.fit(config) / jaxsae.load_config(path, overrides)     train dictionaries (= jaxsae.train.train)
     jaxsae.load(path) -> Dictionary                              a trained dictionary (encode/decode)
     jaxsae.open_store(path)                                      an activation store
+    jaxsae.load_genes(store) -> DataFrame                        token id -> gene_id, symbol of a store
     jaxsae.synthesize(path, SynthConfig(...))                    synthetic ground-truth activations
 """
 
@@ -17,7 +18,7 @@ install_default_handler()
 _EXPORTS = {
     "ConfigError": "jaxsae.sae.base", "SAEConfig": "jaxsae.sae.base",
     "Dictionary": "jaxsae.dictionary", "DictionaryError": "jaxsae.dictionary", "load": "jaxsae.dictionary",
-    "StoreError": "jaxsae.store", "open_store": "jaxsae.store",
+    "StoreError": "jaxsae.store", "open_store": "jaxsae.store", "load_genes": "jaxsae.store.genes",
     "SynthConfig": "jaxsae.data.synthetic", "synthesize": "jaxsae.data.synthetic",
     "feature_recovery": "jaxsae.data.synthetic", "load_truth": "jaxsae.data.synthetic",
     "TrainConfig": "jaxsae.train.config", "load_config": "jaxsae.train.config", "make_config": "jaxsae.train.config",

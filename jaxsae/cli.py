@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "completeness (exit 0 sound, 1 problems found, 2 not a store)")
     q.add_argument("path")
     q.set_defaults(fn=_cmd_store_verify)
+    q = store_sub.add_parser("add-genes", help="write genes.tsv (token id -> gene) into a store extracted before "
+                                               "gene tables existed, from the model folder it was extracted with")
+    try:
+        from extract.cli import add_add_genes_arguments
+    except ImportError:  # the [extract] extra (torch) is not installed
+        q.add_argument("path")
+        q.add_argument("--model", required=True)
+        q.set_defaults(fn=lambda _: _missing_extract("jaxsae store add-genes"))
+    else:
+        add_add_genes_arguments(q)
 
     p = sub.add_parser("synth", help="write a synthetic store made from a known sparse dictionary")
     p.add_argument("out")
@@ -116,14 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         from extract.cli import add_extract_parser
     except ImportError:  # the [extract] extra (torch) is not installed
         p = sub.add_parser("extract", help="extract activations (needs: pip install 'jaxsae[extract]')")
-        p.set_defaults(fn=lambda _: _missing_extract())
+        p.set_defaults(fn=lambda _: _missing_extract("jaxsae extract"))
     else:
         add_extract_parser(sub)
     return parser
 
 
-def _missing_extract() -> int:
-    print("error: `jaxsae extract` needs PyTorch: pip install 'jaxsae[extract]'", file=sys.stderr)
+def _missing_extract(verb: str) -> int:
+    print(f"error: `{verb}` needs PyTorch: pip install 'jaxsae[extract]'", file=sys.stderr)
     return 2
 
 

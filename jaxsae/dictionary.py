@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
 from jaxsae.sae import base as sae_base
 from jaxsae.sae.base import SAEConfig
 
@@ -29,6 +30,7 @@ CONFIG_FILE = "config.json"
 BUFFER_PREFIX = "buffer."
 TMP_PREFIX = ".tmp-dictionary-"
 RUN_COMPLETE_FILE = "run.json"  # the trainer's "finished" marker (jaxsae.train.run_folder writes it)
+SPARSE_DEFAULT_ROWS = 4096  # encode(x) of more rows than this returns a sparse matrix unless sparse=False
 
 
 class DictionaryError(ValueError):
@@ -90,6 +92,7 @@ class Dictionary:
 
     sae:     static architecture config; params/buffers: numpy arrays (raw-activation units).
     hparams: the member's hyperparameters (k, thresholds' bandwidth, ...); config: the whole config.json.
+    path:    the folder it was loaded from (None for one built in memory).
     """
 
     sae: SAEConfig
@@ -97,6 +100,7 @@ class Dictionary:
     buffers: dict[str, np.ndarray]
     hparams: dict[str, Any]
     config: dict
+    path: str | None = None
     _device: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -124,22 +128,62 @@ class Dictionary:
         hp = {**arch.hparam_defaults, **{k: v for k, v in self.hparams.items() if k in arch.hparam_defaults}}
         return sae_base.hparams_as_arrays(arch, hp, jnp)
 
-    def encode(self, x, *, batch_rows: int = 8192) -> np.ndarray:
-        """x: [B, d] raw activations -> [B, n] float32 latents (inference mode)."""
+    def encode(self, x, *, sparse: bool | None = None, batch_rows: int | None = None):
+        """x: [B, d] raw activations -> [B, n] float32 latents (inference mode).
+
+        sparse: True returns a `scipy.sparse.csr_matrix` [B, n] float32 holding only the non-zero latents
+        (sorted column indices); False a dense np.ndarray; None (default) sparse when B > SPARSE_DEFAULT_ROWS
+        (4,096), dense otherwise. Both hold exactly the same values: the sparse path selects each row's
+        non-zeros on the device from the same dense latents (see jaxsae.codes), so only the non-zeros are
+        copied to the host.
+        batch_rows: rows per device batch; default: as many as keep a batch's dense latents under 256 MiB.
+        """
         x = self._check(x, self.d_model, "x")
-        fn = _encode_fn(self.sae)
-        params, buffers, hp = self._on_device()
-        parts = [np.asarray(fn(params, buffers, jnp.asarray(x[i:i + batch_rows]), hp))
+        batch_rows = self._batch_rows(batch_rows)
+        if sparse is None:
+            sparse = x.shape[0] > SPARSE_DEFAULT_ROWS
+        if sparse:
+            builder = self.sparse_builder(batch_rows)
+            builder.add(x)
+            return builder.result()
+        parts = [np.asarray(self._latents_on_device(x[i:i + batch_rows], batch_rows))[: len(x[i:i + batch_rows])]
                  for i in range(0, x.shape[0], batch_rows)]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_latents), np.float32)
 
+    def sparse_builder(self, batch_rows: int | None = None) -> SparseCodesBuilder:
+        """A builder that takes checked [m, d] float32 rows in pieces (`add`) and returns their CSR latents
+        (`result`), batched exactly as `encode(all_rows, sparse=True)` would be."""
+        batch_rows = self._batch_rows(batch_rows)
+        bound = getattr(sae_base.get(self.sae.architecture), "max_active_per_row", None)
+        return SparseCodesBuilder(functools.partial(self._latents_on_device, batch_rows=batch_rows),
+                                  self.n_latents, batch_rows, None if bound is None else bound(self.sae))
+
+    def _batch_rows(self, batch_rows: int | None) -> int:
+        if batch_rows is None:
+            return default_batch_rows(self.n_latents)
+        if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+            raise ValueError(f"batch_rows: expected a positive integer, got {batch_rows!r}")
+        return batch_rows
+
+    def _latents_on_device(self, x: np.ndarray, batch_rows: int) -> jax.Array:
+        """x: [m, d] float32, m <= batch_rows -> [padded_rows(m, batch_rows), n] latents on the device (rows
+        past m encode zero padding: a fixed set of shapes compiles once)."""
+        rows = padded_rows(len(x), batch_rows)
+        if rows > len(x):
+            x = np.concatenate([x, np.zeros((rows - len(x), self.d_model), np.float32)])
+        params, buffers, hp = self._on_device()
+        return _encode_fn(self.sae)(params, buffers, jnp.asarray(x), hp)
+
     def decode(self, latents) -> np.ndarray:
-        """latents: [B, n] -> [B, d] reconstruction in raw activation units."""
+        """latents: [B, n] (dense, or a scipy.sparse matrix from `encode`) -> [B, d] reconstruction in raw
+        activation units."""
+        if hasattr(latents, "toarray"):
+            latents = latents.toarray()
         latents = self._check(latents, self.n_latents, "latents")
         return np.asarray(_decode_fn(self.sae)(self._on_device()[0], jnp.asarray(latents)))
 
     def reconstruct(self, x) -> np.ndarray:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x, sparse=False))
 
     @staticmethod
     def _check(a, width: int, name: str) -> np.ndarray:
@@ -214,4 +258,5 @@ def load(path: str | os.PathLike) -> Dictionary:
         if name not in params or params[name].shape != shape:
             got = None if name not in params else list(params[name].shape)
             raise DictionaryError(f"{weights_path}: {name} should have shape {list(shape)}, found {got}")
-    return Dictionary(sae=sae, params=params, buffers=buffers, hparams=config.get("hparams", {}), config=config)
+    return Dictionary(sae=sae, params=params, buffers=buffers, hparams=config.get("hparams", {}), config=config,
+                      path=os.path.abspath(path))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from extract.errors import ExtractError
@@ -56,6 +58,11 @@ class ExtractModel:
     @property
     def n_layers(self) -> int:
         return len(self.blocks)
+
+    def gene_table(self) -> pd.DataFrame:
+        """Every token of the model's vocabulary: columns token_id, gene_id (Ensembl, "" when the model's files
+        give none), symbol ("" when unknown; the name of special tokens). What `genes.tsv` holds."""
+        raise NotImplementedError
 
     def make_tokenizer(self, var, **options):
         """A tokeniser for this model bound to an AnnData's var."""
@@ -126,6 +133,20 @@ class ExtractModel:
             except StopForward:
                 pass
         return captured
+
+
+@dataclass(frozen=True)
+class ModelVocabulary:
+    """A model folder's vocabulary and checkpoint hash, read without building the network
+    (`jaxsae store add-genes`). table: what the loaded model's `gene_table()` returns."""
+
+    kind: str
+    model_dir: Path
+    checkpoint_hash: str
+    table: pd.DataFrame
+
+    def gene_table(self) -> pd.DataFrame:
+        return self.table.copy()
 
 
 def require_files(folder: Path, names: list[str], what: str) -> None:

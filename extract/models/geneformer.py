@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from extract.errors import ExtractError
-from extract.models.base import ExtractModel, require_files, resolve_device, sha256_files
+from extract.models.base import ExtractModel, ModelVocabulary, require_files, resolve_device, sha256_files
 from extract.tokenize.geneformer import GeneformerDictionaries, GeneformerTokenizer
 
 log = logging.getLogger("jaxsae.extract")
@@ -61,8 +61,10 @@ class GeneformerModel(ExtractModel):
         self.pad_token_id = dictionaries.token_ids["<pad>"]
         self.cls_token_id = dictionaries.token_ids["<cls>"] if self.special_tokens else None
         self.device = device
-        files = [self.model_dir / "config.json", weights, *dictionaries.files.values()]
-        self.checkpoint_hash = sha256_files(files)
+        self.checkpoint_hash = checkpoint_hash(self.model_dir, weights, dictionaries)
+
+    def gene_table(self):
+        return self.dictionaries.gene_table()
 
     def make_tokenizer(self, var, *, gene_column=None, model_input_size=None, duplicate_genes="sum", **_unused):
         size = self.model_input_size if model_input_size is None else int(model_input_size)
@@ -87,6 +89,30 @@ class GeneformerModel(ExtractModel):
         }
 
 
+def checkpoint_hash(model_dir: Path, weights: Path, dictionaries: GeneformerDictionaries) -> str:
+    """sha256 of config.json, the weights file and the dictionaries (what store manifests record)."""
+    return sha256_files([model_dir / "config.json", weights, *dictionaries.files.values()])
+
+
+def find_weights(model_dir: Path) -> Path:
+    """The weights file of a Geneformer folder (model.safetensors, else pytorch_model.bin)."""
+    require_files(model_dir, ["config.json"], "Geneformer model")
+    weights = next((model_dir / n for n in WEIGHT_FILES if (model_dir / n).is_file()), None)
+    if weights is None:
+        raise ExtractError(f"Geneformer model folder {model_dir} has no weights; expected one of {list(WEIGHT_FILES)}")
+    return weights
+
+
+def geneformer_vocabulary(model_dir: str | Path, **dictionary_files) -> ModelVocabulary:
+    """The token dictionary (+ gene names) and checkpoint hash of a Geneformer folder; the weights are hashed,
+    not loaded. dictionary_files: token_dictionary / gene_median_dictionary / gene_name_dictionary paths."""
+    model_dir = Path(model_dir)
+    weights = find_weights(model_dir)
+    dictionaries = GeneformerDictionaries.from_dir(model_dir, **dictionary_files)
+    return ModelVocabulary("geneformer", model_dir, checkpoint_hash(model_dir, weights, dictionaries),
+                           dictionaries.gene_table())
+
+
 def load_geneformer(
     model_dir: str | Path,
     *,
@@ -99,10 +125,7 @@ def load_geneformer(
     from transformers import BertConfig, BertForMaskedLM
 
     model_dir = Path(model_dir)
-    require_files(model_dir, ["config.json"], "Geneformer model")
-    weights = next((model_dir / n for n in WEIGHT_FILES if (model_dir / n).is_file()), None)
-    if weights is None:
-        raise ExtractError(f"Geneformer model folder {model_dir} has no weights; expected one of {list(WEIGHT_FILES)}")
+    weights = find_weights(model_dir)
     dictionaries = GeneformerDictionaries.from_dir(
         model_dir,
         token_dictionary=token_dictionary,

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from extract.errors import ExtractError
-from extract.models.base import ExtractModel, require_files, resolve_device, sha256_files
-from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, select_hvg
+from extract.models.base import ExtractModel, ModelVocabulary, require_files, resolve_device, sha256_files
+from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, select_hvg, vocab_gene_table
 
 log = logging.getLogger("jaxsae.extract")
 REQUIRED_FILES = ["args.json", "vocab.json", "best_model.pt"]
@@ -200,7 +200,10 @@ class ScGPTModel(ExtractModel):
         self.max_seq_len = int(args.get("max_seq_len", 1200))
         self.n_hvg = args.get("n_hvg")
         self.device = device
-        self.checkpoint_hash = sha256_files([self.model_dir / n for n in REQUIRED_FILES])
+        self.checkpoint_hash = checkpoint_hash(self.model_dir)
+
+    def gene_table(self):
+        return vocab_gene_table(self.vocab)
 
     def make_tokenizer(
         self, var, *, gene_column=None, counts=None, n_hvg=None, hvg_flavor="seurat_v3",
@@ -226,6 +229,19 @@ class ScGPTModel(ExtractModel):
 
     def describe(self) -> dict:
         return {**super().describe(), "input_emb_style": self.module.input_emb_style}
+
+
+def checkpoint_hash(model_dir: Path) -> str:
+    """sha256 of args.json, vocab.json and best_model.pt (what store manifests record)."""
+    return sha256_files([model_dir / n for n in REQUIRED_FILES])
+
+
+def scgpt_vocabulary(model_dir: str | Path) -> ModelVocabulary:
+    """vocab.json and the checkpoint hash of an scGPT folder; best_model.pt is hashed, not loaded."""
+    model_dir = Path(model_dir)
+    require_files(model_dir, REQUIRED_FILES, "scGPT model")
+    return ModelVocabulary("scgpt", model_dir, checkpoint_hash(model_dir),
+                           vocab_gene_table(load_vocab(model_dir / "vocab.json")))
 
 
 def load_scgpt(model_dir: str | Path, *, device: str = "cpu") -> ScGPTModel:

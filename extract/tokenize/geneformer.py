@@ -92,6 +92,23 @@ class GeneformerDictionaries:
     def has_special_tokens(self) -> bool:
         return CLS in self.token_ids and EOS in self.token_ids
 
+    def gene_table(self) -> pd.DataFrame:
+        """Every token of the token dictionary: token_id, gene_id (Ensembl; "" for special tokens such as
+        <pad>), symbol (from the gene name dictionary; the token's name for special tokens; "" when the
+        folder has no name dictionary or it lacks the gene). Several symbols naming one Ensembl id: the first
+        in the name dictionary's order."""
+        symbols: dict[str, str] = {}
+        for symbol, ensembl in (self.symbol_to_id or {}).items():
+            symbols.setdefault(ensembl, symbol)
+        rows = [(token, "", name) if is_special_token(name) else (token, name, symbols.get(name, ""))
+                for name, token in self.token_ids.items()]
+        return pd.DataFrame(rows, columns=["token_id", "gene_id", "symbol"])
+
+
+def is_special_token(name: str) -> bool:
+    """<pad>, <mask>, <cls>, <eos>, ...: names in angle brackets, never gene ids or symbols."""
+    return name.startswith("<") and name.endswith(">")
+
 
 class GeneformerTokenizer:
     """Rank-value encoding of count rows for one AnnData's var.

@@ -42,6 +42,17 @@ def load_vocab(path: str | Path) -> dict[str, int]:
     return vocab
 
 
+def vocab_gene_table(vocab: dict[str, int]) -> pd.DataFrame:
+    """Every token of an scGPT vocabulary: token_id, gene_id ("" : scGPT's files name no Ensembl ids), symbol
+    (the vocabulary's name: a gene symbol, or a special token such as <pad>). An id named twice keeps its
+    first name."""
+    first = {}
+    for name, token in vocab.items():
+        first.setdefault(token, name)
+    return pd.DataFrame([(token, "", name) for token, name in first.items()],
+                        columns=["token_id", "gene_id", "symbol"])
+
+
 BINNING_STREAM = 1  # third seed word: the binning generator differs from the subsampling one at equal seeds
 BINNING = ("scGPT preprocess.binning: per cell, edges = quantiles linspace(0, 1, n_bins - 1) of the non-zero "
            "values (before subsampling, <cls> excluded); non-zero value -> _digitize(side='both'): "

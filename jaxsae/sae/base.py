@@ -133,6 +133,8 @@ class Architecture(Protocol):
     loss(params, buffers, x, hp, cfg, axes, step, with_aux) -> (loss, LossOut)
     encode(params, buffers, x, hp, cfg, axes) -> [B, n_local] latents (inference)
     decode(params, latents, cfg, axes) -> [B, d]
+    Optional: max_active_per_row(cfg) -> int — a bound on the non-zero inference latents of any row (TopK: k);
+    architectures without one (threshold-based) leave it out and sparse encoding measures each chunk.
     """
 
     constrained_decoder: bool

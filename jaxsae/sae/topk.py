@@ -20,7 +20,8 @@ from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
 from jaxsae.sae.common import decode, member_k, pre_activations
 from jaxsae.sae.init import decoder_row_norm, tied
 
-__all__ = ["constrained_decoder", "hparam_defaults", "init", "init_buffers", "loss", "encode", "decode"]
+__all__ = ["constrained_decoder", "hparam_defaults", "init", "init_buffers", "loss", "encode", "decode",
+           "max_active_per_row"]
 
 constrained_decoder = True
 
@@ -28,6 +29,11 @@ hparam_defaults = {
     "k": 0,  # active latents per row; 0 means cfg.k; values above cfg.k are capped at cfg.k
     "aux_coeff": 1.0 / 32.0,  # AuxK alpha
 }
+
+
+def max_active_per_row(cfg: SAEConfig) -> int:
+    """Inference latents are non-zero in at most cfg.k places per row (sparse encoding sizes its buffers so)."""
+    return cfg.k
 
 
 def init(key: jax.Array, cfg: SAEConfig, b_dec: jax.Array) -> Params:
