@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import h5py
@@ -12,14 +11,7 @@ import scipy.sparse as sp
 
 from extract.errors import ExtractError
 from extract.tokenize.genes import as_count_rows
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+from jaxsae.store.manifest import sha256_file  # noqa: F401 - re-exported: extract.run and tests import it here
 
 
 class CountSource:
@@ -63,6 +55,13 @@ class CountSource:
             raise ExtractError(f"{self.path}: the count matrix is empty ({self.n_cells} cells x {n_var} genes)")
         if n_var != len(self.var):
             raise ExtractError(f"{self.path}: {key} has {n_var} columns but {var_key} has {len(self.var)} rows")
+
+    def obs_names(self) -> pd.Index:
+        """The AnnData's obs_names (read from disk on each call)."""
+        from anndata.io import read_elem
+
+        obs = self._file["obs"]
+        return pd.Index(read_elem(obs[obs.attrs["_index"]]))
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         """[stop - start, n_var] float64 CSR counts of cells [start, stop); refuses values that are not counts."""

@@ -50,13 +50,15 @@ from extract.models import ExtractModel, load_model
 from extract.tokenize.genes import TokenizedCells
 from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
 from jaxsae.store.genes import write_genes
-from jaxsae.store.manifest import read_manifest
+from jaxsae.store.manifest import obs_names_sha256, read_manifest
 
 INDEX_FILE = "extraction.json"
 SKIPPED_FILE = "skipped_cells.json"
 LOCK_FILE = "extract.lock"
 SCAN_ROWS = 4096  # cells per block in the validation pass
 PATH_FIELDS = ("model_dir", "adata.path")  # recorded for people, never compared: outputs match by content
+# Derived from fields that are compared (adata.sha256), and absent from outputs written before it was recorded.
+DERIVED_FIELDS = ("adata.obs_names_sha256",)
 log = logging.getLogger("jaxsae.extract")
 
 
@@ -140,7 +142,7 @@ def differences(old: dict, new: dict) -> list[str]:
 
 def _comparable(source: dict) -> dict:
     flat = _flatten(json.loads(json.dumps(source, default=str)))
-    return {key: value for key, value in flat.items() if key not in PATH_FIELDS}
+    return {key: value for key, value in flat.items() if key not in PATH_FIELDS + DERIVED_FIELDS}
 
 
 def _flatten(obj, prefix: str = "") -> dict:
@@ -315,6 +317,7 @@ def extract(
             **model.describe(),
             "tokenizer": tokenizer.settings(),
             "adata": {"path": str(Path(adata_path).resolve()), "sha256": sha256_file(adata_path),
+                      "obs_names_sha256": obs_names_sha256(source.obs_names()),
                       "n_cells": source.n_cells, "counts_layer": source.counts_layer,
                       "n_cells_skipped": int(len(skipped))},
             "extraction": {"cells_per_commit": config.cells_per_commit, "batch_size": config.batch_size,

@@ -54,6 +54,17 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    from jaxsae.analysis.pipeline import analyze
+
+    result = analyze(args.dictionary, args.store, args.out, adata=args.adata, obs=args.obs, agg=args.agg,
+                     model_dir=args.model, progress=not args.no_progress)
+    for key, path in result.paths.items():
+        print(f"{key + ':':16}{path}")
+    print("\n".join(result.summary()))
+    return 0
+
+
 def _cmd_report(args) -> int:
     from jaxsae.report import build_report
 
@@ -106,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=_cmd_synth)
+
+    p = sub.add_parser("analyze", help="cells x features AnnData, feature / gene tables, cell-type association")
+    p.add_argument("dictionary", help="a dictionary folder (RUN/dictionaries/member_000)")
+    p.add_argument("--store", required=True, help="the store it was trained on, or the extraction output folder")
+    p.add_argument("--adata", help="the .h5ad of the extracted cells (default: the one the extraction recorded)")
+    p.add_argument("--obs", help="categorical obs column to associate features with (e.g. cell type)")
+    p.add_argument("--agg", choices=("mean", "max", "frac"), default="mean", help="per-cell aggregation of token rows")
+    p.add_argument("--model", help="the model folder: also write promoted_genes.csv (needs jaxsae[extract])")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_cmd_analyze)
 
     p = sub.add_parser("report", help="write one self-contained HTML report of a trained dictionary: training "
                                       "curves, feature density, a searchable table of all features, feature cards")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -232,6 +233,21 @@ def check_json_object(name: str, value: object) -> None:
         ) from None
     if not ok:
         raise StoreError(f"{name} is a {type(value).__name__}; expected a dict; pass a dict")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (source["adata"]["sha256"] is this of the AnnData file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def obs_names_sha256(obs_names) -> str:
+    """source["adata"]["obs_names_sha256"]: sha256 of the AnnData's obs_names joined by "\\n" (UTF-8), which
+    identifies the cells (and their order) independently of the file's bytes."""
+    return hashlib.sha256("\n".join(str(name) for name in obs_names).encode()).hexdigest()
 
 
 def utc_now() -> str:

@@ -1,0 +1,96 @@
+"""`jaxsae analyze`: from a dictionary and its store to AnnData, feature, gene and cell-type tables on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from jaxsae.analysis.errors import AnalysisError
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeResult:
+    """paths: {output name: path} of every file written; best: best_features' table (None without obs);
+    top_genes: the top_genes table (None for a cell-level store)."""
+
+    paths: dict[str, str]
+    best: pd.DataFrame | None
+    top_genes: pd.DataFrame | None
+
+    def summary(self) -> list[str]:
+        """Per label: its best feature, the AUROC and the feature's top genes (what the CLI prints)."""
+        if self.best is None:
+            return ["no --obs column given: no cell-type association"]
+        from jaxsae.analysis.features import gene_labels
+
+        genes = {}
+        if self.top_genes is not None and len(self.top_genes):
+            named = self.top_genes.assign(name=gene_labels(self.top_genes))
+            genes = named.groupby("feature")["name"].agg(lambda names: ", ".join(names[:5])).to_dict()
+        return [f"{row.label}: feature {row.feature} (AUROC {row.auroc:.3f}) top genes: "
+                f"{genes.get(row.feature, '-')}" for row in self.best.itertuples()]
+
+
+def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, agg: str = "mean",
+            model_dir=None, name: str = "sae", top: int = 10, progress: bool = True) -> AnalyzeResult:
+    """Encode `store` with `dictionary` and write the analysis files into `out_dir`:
+    cells.h5ad (obsm[f"X_{name}"]), features.csv, top_genes.csv (token stores), promoted_genes.csv (with
+    model_dir), and with obs: associations.csv, best_features.csv, heatmap.png.
+    Every input is checked before the encoding starts (see encode_cells; obs must be a categorical column).
+    """
+    from jaxsae.analysis.associate import associate, best_features, obs_labels, plot_association_heatmap
+    from jaxsae.analysis.cells import attach_codes, prepare
+    from jaxsae.analysis.encode import encode_store
+    from jaxsae.analysis.features import feature_table, top_genes
+
+    store, dictionary_obj, adata, provenance = prepare(store, dictionary, adata, agg=agg, name=name)
+    if obs is not None:
+        obs_labels(adata, obs)
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise AnalysisError(f"model folder {model_dir} does not exist; pass the folder the store was extracted with")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+
+    codes = encode_store(store, dictionary_obj, progress=progress)
+    attach_codes(adata, codes, agg=agg, name=name, provenance=provenance)
+    genes = _genes(store.path)
+    token_store = bool(len(codes.token_id)) and bool((codes.token_id >= 0).any())
+    genes_table = top_genes(codes, genes, top=top) if token_store else None
+    if genes_table is not None:
+        paths["top_genes"] = _csv(genes_table, out / "top_genes.csv")
+    promoted = None
+    if model_dir is not None:
+        from extract.heads import promoted_genes
+
+        promoted = promoted_genes(model_dir, dictionary_obj, store, top=top)
+        paths["promoted_genes"] = _csv(promoted, out / "promoted_genes.csv")
+    table = feature_table(adata, name=name, codes=codes, genes=genes, promoted=promoted, top=min(top, 5))
+    paths["features"] = _csv(table, out / "features.csv", index=True)
+    best = None
+    if obs is not None:
+        assoc = associate(adata, obs, name=name)
+        best = best_features(assoc)
+        paths["associations"] = _csv(assoc, out / "associations.csv")
+        paths["best_features"] = _csv(best, out / "best_features.csv")
+        paths["heatmap"] = plot_association_heatmap(assoc, out / "heatmap.png")
+    adata.write_h5ad(out / "cells.h5ad")
+    paths["cells"] = str(out / "cells.h5ad")
+    return AnalyzeResult(paths=paths, best=best, top_genes=genes_table)
+
+
+def _genes(store_path) -> pd.DataFrame | None:
+    """The store's gene table (genes.tsv, written by extraction), or None for stores without one."""
+    if not (Path(store_path) / "genes.tsv").is_file():
+        return None
+    from jaxsae.store.genes import load_genes
+
+    return load_genes(store_path)
+
+
+def _csv(table: pd.DataFrame, path: Path, *, index: bool = False) -> str:
+    table.to_csv(path, index=index)
+    return os.fspath(path)
