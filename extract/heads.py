@@ -90,7 +90,7 @@ def promoted_genes(model_dir: str | Path, dictionary, store, *, top: int = 10, f
 def typical_activations(dictionary, store) -> np.ndarray:
     """[n_latents] mean non-zero activation of each feature over an evenly spaced sample of store rows."""
     sample = np.unique(np.linspace(0, store.n_rows - 1, min(SAMPLE_ROWS, store.n_rows)).astype(np.int64))
-    codes = np.asarray(dictionary.encode(store.read_rows_at(sample)))
+    codes = dictionary.encode(store.read_rows_at(sample), sparse=False)
     fired = (codes > 0).sum(0)
     typical = np.divide(codes.sum(0), fired, out=np.zeros(codes.shape[1]), where=fired > 0)
     fallback = float(np.median(typical[fired > 0])) if (fired > 0).any() else 1.0

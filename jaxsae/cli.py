@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write one self-contained HTML report of a trained dictionary: training "
                                       "curves, feature density, a searchable table of all features, feature cards")
     p.add_argument("run_or_dictionary", help="a finished run folder or a dictionary folder")
-    p.add_argument("--store", required=True, help="the token activation store to encode (layer_N/tokens)")
-    p.add_argument("--adata", required=True, help="the .h5ad the store was extracted from (cells, labels, UMAP)")
+    p.add_argument("--store", required=True, help="the token store to encode (OUT/layer_N/tokens, or the extraction "
+                                                  "output folder when it holds one token store)")
+    p.add_argument("--adata", help="the .h5ad of the extracted cells: labels, UMAP (default: the file the "
+                                   "extraction recorded)")
     p.add_argument("--obs", help="categorical obs column to find each feature's best label (default: the first "
                                  "categorical column with 2-100 categories)")
     p.add_argument("--out", help="the HTML file (default: report.html inside RUN_OR_DICTIONARY)")

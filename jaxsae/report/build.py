@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jaxsae.analysis.cells import cells_matrix
 from jaxsae.analysis.errors import AnalysisError
 from jaxsae.report import plots
 from jaxsae.report.html import render_report
@@ -33,43 +34,43 @@ MAX_FDR = 0.05
 SAE = "sae"
 
 
-def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike, adata, *, obs: str | None = None,
+def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike, adata=None, *, obs: str | None = None,
                  out: str | os.PathLike | None = None, n_cards: int = 24, model: str | os.PathLike | None = None,
                  gene_sets: Mapping | str | os.PathLike | None = None, member: int = 0) -> Path:
     """Write the report of one dictionary and return its path.
 
     run_or_dictionary: a finished run folder (member `member` of it) or a dictionary folder.
-    store: the token store the dictionary was trained on (or any store of the same model and layer).
-    adata: the AnnData (or .h5ad path) the store was extracted from; supplies labels and the UMAP
-      (obsm["X_umap"]; computed with scanpy on a copy when missing).
+    store: the token store the dictionary was trained on (or an extraction output folder holding one).
+    adata: the AnnData or .h5ad path of the cells the store was extracted from (None: the file the
+      extraction recorded); supplies labels and the UMAP (obsm["X_umap"]; computed with scanpy on a copy
+      when missing).
     obs: categorical obs column for best labels (None: the first categorical column with 2-100 categories).
     out: the HTML file (None: report.html inside run_or_dictionary).
     model: the model folder, to add the genes each feature promotes through the model's output head.
     gene_sets: None for the shipped human GO biological process sets, a GMT path, a {name: genes} mapping,
       or an empty mapping for no enrichment.
     """
-    import anndata
-
     from jaxsae import analysis
-    from jaxsae.analysis import associate, best_features, encode_cells, encode_store, feature_table, top_genes
+    from jaxsae.analysis import associate, best_features, encode_store, feature_table, top_genes
+    from jaxsae.analysis.cells import attach_codes, prepare
     from jaxsae.store.genes import load_genes
 
     if n_cards < 0:
         raise AnalysisError(f"n_cards={n_cards}: need 0 or more feature cards")
     source = resolve(run_or_dictionary, member)
     out = Path(out) if out is not None else (source.run_dir or source.dictionary_dir) / "report.html"
-    adata_path = str(adata) if isinstance(adata, (str, os.PathLike)) else None
-    adata = anndata.read_h5ad(adata) if adata_path else adata
+    store, _, cells, provenance = prepare(store, source.dictionary, adata, name=SAE)
     genes = load_genes(store)
 
     codes = encode_store(store, source.dictionary, progress=False)
-    cells = encode_cells(store, source.dictionary, adata, name=SAE)
+    attach_codes(cells, codes, name=SAE, provenance=provenance)
     promoted = None
     if model is not None:
         from extract.heads import promoted_genes
 
         promoted = promoted_genes(model, source.dictionary, store, top=10)
     table = feature_table(cells, name=SAE, codes=codes, genes=genes, promoted=promoted, top=5)
+    table = table.drop(columns=["top_cells"])  # barcodes: long, and no help in a table of features
     top = top_genes(codes, genes, top=ENRICH_GENES)
 
     label_column = _label_column(cells, obs)
@@ -82,17 +83,21 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     if enrichment is not None and len(enrichment):
         table["top_gene_sets"] = _top_sets_text(enrichment).reindex(table.index)
 
+    order = ["top_genes", "best_label", "auroc", "freq_cells", "freq_tokens", "mean_activation", "max_activation",
+             "promoted_genes", "top_gene_sets"]
+    table = table[[c for c in order if c in table] + [c for c in table if c not in order]]
     chosen = choose_cards(table, n_cards)
     umap = cell_umap(cells)
     facts = summary(source)
-    facts |= {"store": str(Path(store).resolve()), "cells": f"{cells.n_obs:,}" + (f" ({adata_path})" if adata_path else ""),
+    facts |= {"store": str(Path(store.path).resolve()), "cells": f"{cells.n_obs:,}",
               "token rows encoded": f"{codes.codes.shape[0]:,}", "labels": label_column or "(no categorical obs column)",
               "gene sets": _gene_set_name(gene_sets) if enrichment is not None else "none"}
     images = {"training curves (metrics.jsonl)": plots.training_curves(source.records, member=source.member),
               "feature density: log10 of the fraction of cells / tokens on which each feature fires":
                   plots.density_histogram({"cells": table["freq_cells"].to_numpy(),
                                            "tokens": table["freq_tokens"].to_numpy()})}
-    cards = [_card(f, table, cells, umap, top, enrichment, best) for f in chosen]
+    cell_values = cells_matrix(cells, SAE).tocsc()
+    cards = [_card(f, table, cell_values[:, f].toarray().ravel(), umap, top, enrichment, best) for f in chosen]
     name = source.dictionary_dir.name if source.run_dir is None else f"{source.run_dir.name} / {source.dictionary_dir.name}"
     return render_report(out, title=f"jaxsae report: {name}", summary=facts,
                          images={k: v for k, v in images.items() if v is not None}, features=table, cards=cards)
@@ -175,13 +180,10 @@ def _gene_set_name(gene_sets) -> str:
     return str(gene_sets) if isinstance(gene_sets, (str, os.PathLike)) else f"{len(gene_sets):,} sets given"
 
 
-def _card(feature: int, table: pd.DataFrame, cells, umap: np.ndarray, top: pd.DataFrame,
+def _card(feature: int, table: pd.DataFrame, activation: np.ndarray, umap: np.ndarray, top: pd.DataFrame,
           enrichment: pd.DataFrame | None, best: pd.DataFrame | None) -> dict:
-    """The card of one feature: facts, UMAP and activation histogram over cells, top genes, gene sets."""
-    import scipy.sparse as sp
-
-    x = cells.obsm["X_" + SAE]
-    activation = np.asarray(x[:, feature].toarray()).ravel() if sp.issparse(x) else np.asarray(x[:, feature])
+    """The card of one feature: facts, UMAP and activation histogram over cells ([n_cells] `activation`),
+    top genes, gene sets."""
     row = table.loc[feature]
     facts = {"fires on": f"{row['freq_cells']:.2%} of cells, {row['freq_tokens']:.3%} of tokens",
              "mean / max activation": f"{row['mean_activation']:.3g} / {row['max_activation']:.3g}",
