@@ -50,9 +50,10 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     gene_sets: None for the shipped human GO biological process sets, a GMT path, a {name: genes} mapping,
       or an empty mapping for no enrichment.
     """
-    from jaxsae import analysis
-    from jaxsae.analysis import associate, best_features, encode_store, feature_table, top_genes
+    from jaxsae.analysis.associate import associate
     from jaxsae.analysis.cells import attach_codes, prepare
+    from jaxsae.analysis.encode import encode_store
+    from jaxsae.analysis.features import feature_table, top_genes
     from jaxsae.store.genes import load_genes
 
     if n_cards < 0:
@@ -76,10 +77,10 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     label_column = _label_column(cells, obs)
     best = None
     if label_column is not None:
-        best = best_features(associate(cells, label_column, name=SAE), n=1).set_index("feature")
+        best = best_label_per_feature(associate(cells, label_column, name=SAE))
         table["best_label"] = best["label"].reindex(table.index)
         table["auroc"] = best["auroc"].reindex(table.index)
-    enrichment = _enrichment(top, genes, gene_sets, analysis)
+    enrichment = _enrichment(top, genes, gene_sets)
     if enrichment is not None and len(enrichment):
         table["top_gene_sets"] = _top_sets_text(enrichment).reindex(table.index)
 
@@ -115,6 +116,13 @@ def _label_column(cells, obs: str | None) -> str | None:
     return None
 
 
+def best_label_per_feature(assoc: pd.DataFrame) -> pd.DataFrame:
+    """Per feature (index), the row of `associate`'s table with its highest AUROC (ties: larger mean_diff,
+    then the label first in category order). best_features answers the other question (best features per label)."""
+    ranked = assoc.sort_values(["auroc", "mean_diff"], ascending=False, kind="stable")
+    return ranked.drop_duplicates("feature").set_index("feature").sort_index()
+
+
 def choose_cards(table: pd.DataFrame, n_cards: int) -> list[int]:
     """Features to draw: the highest best-label AUROCs, plus one in FREQUENT_SHARE of the most frequent
     (by freq_tokens); features that never fired are never chosen."""
@@ -148,19 +156,20 @@ def cell_umap(cells) -> np.ndarray:
     return np.asarray(work.obsm["X_umap"])
 
 
-def _enrichment(top: pd.DataFrame, genes: pd.DataFrame, gene_sets, analysis) -> pd.DataFrame | None:
+def _enrichment(top: pd.DataFrame, genes: pd.DataFrame, gene_sets) -> pd.DataFrame | None:
     """Over-representation of each feature's top genes (symbols) in `gene_sets`; None when there are none."""
     if isinstance(gene_sets, Mapping) and not gene_sets:
         return None
-    sets = analysis.go_gene_sets() if gene_sets is None else (
-        gene_sets if isinstance(gene_sets, Mapping) else analysis.read_gmt(gene_sets))
+    from jaxsae.analysis.enrich import enrich, go_gene_sets, read_gmt
+
+    sets = go_gene_sets() if gene_sets is None else (gene_sets if isinstance(gene_sets, Mapping) else read_gmt(gene_sets))
     named = top[top["symbol"].astype(str) != ""]
     feature_genes = {int(f): group["symbol"].tolist() for f, group in named.groupby("feature", sort=True)}
     universe = sorted({s for s in genes["symbol"].astype(str) if s and not s.startswith("<")})
     if not feature_genes or not universe:
         return None
     try:
-        return analysis.enrich(feature_genes, sets, universe, max_fdr=MAX_FDR)
+        return enrich(feature_genes, sets, universe, max_fdr=MAX_FDR)
     except AnalysisError as e:  # e.g. no gene of the model is in any set (another species, made-up names)
         log.warning("gene-set enrichment skipped: %s", e)
         return None

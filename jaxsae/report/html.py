@@ -182,6 +182,9 @@ def render_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, 
             f.write("".join(parts))
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would keep the report from colleagues
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
