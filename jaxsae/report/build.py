@@ -5,7 +5,9 @@ per-feature statistics and top genes; AUROC of every feature for every label of 
 over-representation of each feature's top genes; then figures for the chosen features only.
 
 PERFORMANCE: the cost grows with the store (encoding) and with n_latents only through table-wide statistics
-and the enrichment test; figures are drawn for `n_cards` features, never for all of them.
+and the enrichment test; figures are drawn for `n_cards` features, never for all of them. Measured (2 shared
+CPU cores, 700 cells, 44,800 token rows, d=32, --model, no gene sets): 16,384 latents take 33 s of CPU
+(2.8 GB peak RSS) and give a 4.4 MB file that chromium opens in 0.4 s, filters in < 0.3 s and sorts in 0.1 s.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     out = Path(out) if out is not None else (source.run_dir or source.dictionary_dir) / "report.html"
     store, _, cells, provenance = prepare(store, source.dictionary, adata, name=SAE)
     genes = load_genes(store)
+    label_column = _label_column(cells, obs)  # bad inputs are refused before the long steps
+    sets = _gene_sets(gene_sets)
 
     codes = encode_store(store, source.dictionary, progress=False)
     attach_codes(cells, codes, name=SAE, provenance=provenance)
@@ -74,13 +78,12 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     table = table.drop(columns=["top_cells"])  # barcodes: long, and no help in a table of features
     top = top_genes(codes, genes, top=ENRICH_GENES)
 
-    label_column = _label_column(cells, obs)
     best = None
     if label_column is not None:
         best = best_label_per_feature(associate(cells, label_column, name=SAE))
         table["best_label"] = best["label"].reindex(table.index)
         table["auroc"] = best["auroc"].reindex(table.index)
-    enrichment = _enrichment(top, genes, gene_sets)
+    enrichment = _enrichment(top, genes, sets) if sets is not None else None
     if enrichment is not None and len(enrichment):
         table["top_gene_sets"] = _top_sets_text(enrichment).reindex(table.index)
 
@@ -92,7 +95,7 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     facts = summary(source)
     facts |= {"store": str(Path(store.path).resolve()), "cells": f"{cells.n_obs:,}",
               "token rows encoded": f"{codes.codes.shape[0]:,}", "labels": label_column or "(no categorical obs column)",
-              "gene sets": _gene_set_name(gene_sets) if enrichment is not None else "none"}
+              "gene sets": _gene_set_name(gene_sets, sets, enrichment)}
     images = {"training curves (metrics.jsonl)": plots.training_curves(source.records, member=source.member),
               "feature density: log10 of the fraction of cells / tokens on which each feature fires":
                   plots.density_histogram({"cells": table["freq_cells"].to_numpy(),
@@ -156,13 +159,18 @@ def cell_umap(cells) -> np.ndarray:
     return np.asarray(work.obsm["X_umap"])
 
 
-def _enrichment(top: pd.DataFrame, genes: pd.DataFrame, gene_sets) -> pd.DataFrame | None:
-    """Over-representation of each feature's top genes (symbols) in `gene_sets`; None when there are none."""
-    if isinstance(gene_sets, Mapping) and not gene_sets:
-        return None
-    from jaxsae.analysis.enrich import enrich, go_gene_sets, read_gmt
+def _gene_sets(gene_sets) -> Mapping | None:
+    """The gene sets `build_report`'s gene_sets argument names; None for no enrichment."""
+    if isinstance(gene_sets, Mapping):
+        return gene_sets or None
+    from jaxsae.analysis.enrich import go_gene_sets, read_gmt
 
-    sets = go_gene_sets() if gene_sets is None else (gene_sets if isinstance(gene_sets, Mapping) else read_gmt(gene_sets))
+    return go_gene_sets() if gene_sets is None else read_gmt(gene_sets)
+
+
+def _enrichment(top: pd.DataFrame, genes: pd.DataFrame, sets: Mapping) -> pd.DataFrame | None:
+    """Over-representation of each feature's top genes (symbols) in `sets`; None when no test could be made."""
+    from jaxsae.analysis.enrich import enrich
     named = top[top["symbol"].astype(str) != ""]
     feature_genes = {int(f): group["symbol"].tolist() for f, group in named.groupby("feature", sort=True)}
     universe = sorted({s for s in genes["symbol"].astype(str) if s and not s.startswith("<")})
@@ -183,10 +191,14 @@ def _top_sets_text(enrichment: pd.DataFrame, n: int = 3) -> pd.Series:
     return text.groupby(best["feature"]).agg("; ".join)
 
 
-def _gene_set_name(gene_sets) -> str:
-    if gene_sets is None:
-        return "GO biological process (shipped with jaxsae)"
-    return str(gene_sets) if isinstance(gene_sets, (str, os.PathLike)) else f"{len(gene_sets):,} sets given"
+def _gene_set_name(gene_sets, sets: Mapping | None, enrichment: pd.DataFrame | None) -> str:
+    if sets is None:
+        return "none (enrichment not asked for)"
+    name = "GO biological process (shipped with jaxsae)" if gene_sets is None else (
+        str(gene_sets) if isinstance(gene_sets, (str, os.PathLike)) else "given as a mapping")
+    found = "no test possible (see the log)" if enrichment is None else \
+        f"{enrichment['feature'].nunique():,} features with a set at FDR < {MAX_FDR}"
+    return f"{name}: {len(sets):,} sets; {found}"
 
 
 def _card(feature: int, table: pd.DataFrame, activation: np.ndarray, umap: np.ndarray, top: pd.DataFrame,

@@ -36,7 +36,7 @@ nav a{margin-right:1em}
 table.kv td{padding:.1em .8em .1em 0;vertical-align:top}table.kv td:first-child{color:#555}
 figure{display:inline-block;margin:.4em 1em .4em 0;vertical-align:top}figcaption{font-size:.85em;color:#555}
 img{max-width:100%}
-#feature-controls{margin:.5em 0}#feature-search{width:22em;padding:.3em;font-size:1em}
+#feature-controls{margin:.5em 0}#feature-search{width:30em;padding:.3em;font-size:1em}
 #feature-controls button{margin-left:.3em}
 table.features{border-collapse:collapse;font-size:.85em;width:100%}
 table.features th,table.features td{border-bottom:1px solid #e5e5e5;padding:.25em .5em;text-align:left;
