@@ -31,9 +31,15 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'jaxsae.analysis' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jaxsae.analysis' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    # Bind all of the module's exports now: importing jaxsae.analysis.enrich sets this package's attribute
+    # `enrich` to the submodule, which would otherwise shadow the function enrich.enrich.
+    for export, module_name in _EXPORTS.items():
+        if module_name == module.__name__:
+            globals()[export] = getattr(module, export)
+    return globals()[name]
 
 
 def __dir__():
