@@ -46,10 +46,11 @@ def report(tmp_path_factory) -> Path:
     out = d / "report.html"
     done = subprocess.run([sys.executable, "-m", "jaxsae.cli", "report", str(d / "run"), "--store", str(store),
                            "--adata", str(d / "cells.h5ad"), "--obs", "bulk_labels", "--out", str(out),
-                           "--cards", str(N_CARDS), "--model", str(model), "--gene-sets", "none"],
+                           "--cards", str(N_CARDS), "--model", str(model)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"report: {out}"
+    assert "GO biological process (shipped with jaxsae): 9,006 sets" in out.read_text()  # the default gene sets
     return out
 
 

@@ -94,3 +94,31 @@ def test_summary_shows_the_final_metrics(two_member_run):
     items = summary(resolve(two_member_run))
     assert {"final fvu", "final l0", "final dead_fraction", "architecture", "finished"} <= set(items)
     assert items["latents x d_model"] == "32 x 16" and items["k"] == 4
+
+
+def test_enrichment_of_top_genes_reaches_the_table_and_the_cards(tmp_path):
+    from jaxsae.analysis.enrich import read_gmt
+    from jaxsae.report.build import _card, _enrichment, _gene_sets, _top_sets_text
+
+    symbols = [f"G{i}" for i in range(200)]
+    genes = pd.DataFrame({"gene_id": [f"ENSG{i}" for i in range(200)] + [""], "symbol": symbols + ["<cls>"]},
+                         index=pd.Index(range(201), name="token_id"))
+    (tmp_path / "sets.gmt").write_text("PROGRAM_A\tan <i>escaped</i> program\t" + "\t".join(symbols[:8]) + "\n"
+                                       "OTHER\tsomething else\t" + "\t".join(symbols[100:140]) + "\n")
+    sets = _gene_sets(tmp_path / "sets.gmt")
+    assert _gene_sets({}) is None and len(sets) == 2 and isinstance(read_gmt(tmp_path / "sets.gmt"), type(sets))
+    top = pd.DataFrame({"feature": np.repeat([0, 1], 10), "rank": np.tile(np.arange(1, 11), 2),
+                        "symbol": symbols[:6] + symbols[50:54] + symbols[60:70], "gene_id": "",
+                        "mean_activation": 1.0, "fire_rate": 0.5})
+    enrichment = _enrichment(top, genes, sets)
+    assert enrichment["feature"].unique().tolist() == [0] and enrichment["gene_set"].iloc[0] == "PROGRAM_A"
+    assert enrichment["overlap"].iloc[0] == 6 and enrichment["universe"].iloc[0] == 200  # <cls> is no gene
+    text = _top_sets_text(enrichment)
+    assert text.index.tolist() == [0] and text[0].startswith("an <i>escaped</i> program (FDR ")
+
+    table = pd.DataFrame({"freq_cells": [0.5, 0.1], "freq_tokens": [0.01, 0.02], "mean_activation": [1.0, 2.0],
+                          "max_activation": [3.0, 4.0], "top_genes": ["G0; G1", "G60"]}, index=[0, 1])
+    card = _card(0, table, np.array([0.0, 1.0, 2.0]), np.zeros((3, 2)), top, enrichment, None)
+    assert card["title"] == "Feature 0" and set(card["images"]) == {"activation on the UMAP", "activation over cells"}
+    sets_table = card["tables"]["gene sets (over-representation of the top genes)"]
+    assert sets_table["gene_set"].tolist() == ["PROGRAM_A"] and sets_table["genes"].iloc[0].startswith("G0")
