@@ -35,6 +35,8 @@ def _png(fig) -> bytes:
 def training_curves(records: Sequence[dict], *, member: int = 0) -> bytes | None:
     """Loss, FVU, L0 and dead fraction against step for one member, from metrics.jsonl records
     ({"step", "member", "loss", "fvu", "l0", "dead_fraction", ...}); None when the member has no records."""
+    from matplotlib.ticker import NullFormatter
+
     mine = sorted((r for r in records if r.get("member", 0) == member), key=lambda r: r["step"])
     panels = [(key, title) for key, title in CURVES if any(key in r for r in mine)]
     if not mine or not panels:
@@ -49,6 +51,7 @@ def training_curves(records: Sequence[dict], *, member: int = 0) -> bytes | None
         ax.set_xlabel("step", fontsize=8)
         if key in ("loss", "fvu") and values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # labelled decades only: minor labels overlap
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     return _png(fig)
