@@ -70,19 +70,21 @@ def promoted_genes(model_dir: str | Path, dictionary, store, *, top: int = 10, f
         method = "embedding_cosine"
         score = _embedding_cosine(model, dictionary)
     gene_tokens = np.array(sorted(t for t, name in names.items() if not name.startswith("<")), np.int64)
+    gene_names = np.array([names[t] for t in gene_tokens], dtype=object)
     rows = []
     for lo in range(0, len(features), FEATURE_BATCH):
         chosen = features[lo:lo + FEATURE_BATCH]
-        scores = score(chosen)[:, gene_tokens]  # [batch, n_gene_tokens]
-        values, at = torch.topk(scores, min(top, len(gene_tokens)), dim=1)
-        rows.append((np.repeat(chosen, at.shape[1]), gene_tokens[at.numpy().ravel()], values.numpy().ravel(),
+        values, at = torch.topk(score(chosen)[:, gene_tokens], min(top, len(gene_tokens)), dim=1)
+        rows.append((np.repeat(chosen, at.shape[1]), at.numpy().ravel(), values.numpy().ravel(),
                      np.tile(np.arange(1, at.shape[1] + 1), len(chosen))))
-    feature, token, value, rank = (np.concatenate(parts) for parts in zip(*rows)) if rows else ([],) * 4
-    gene = np.array([names[t] for t in token], dtype=object)
+    feature, gene_at, value, rank = (np.concatenate(parts) for parts in zip(*rows)) if rows else \
+        (np.zeros(0, np.int64),) * 4
+    token, gene = gene_tokens[gene_at], gene_names[gene_at]
     if symbols is None:  # scGPT's vocabulary holds gene symbols
         gene_id, symbol = np.full(len(gene), "", dtype=object), gene
     else:
-        gene_id, symbol = gene, np.array([symbols.get(g, "") for g in gene], dtype=object)
+        gene_symbols = np.array([symbols.get(g, "") for g in gene_names], dtype=object)
+        gene_id, symbol = gene, gene_symbols[gene_at]
     return pd.DataFrame({"feature": feature, "rank": rank, "token_id": token, "gene_id": gene_id, "symbol": symbol,
                          "score": np.asarray(value, np.float32), "method": method})[COLUMNS]
 
@@ -90,9 +92,10 @@ def promoted_genes(model_dir: str | Path, dictionary, store, *, top: int = 10, f
 def typical_activations(dictionary, store) -> np.ndarray:
     """[n_latents] mean non-zero activation of each feature over an evenly spaced sample of store rows."""
     sample = np.unique(np.linspace(0, store.n_rows - 1, min(SAMPLE_ROWS, store.n_rows)).astype(np.int64))
-    codes = dictionary.encode(store.read_rows_at(sample), sparse=False)
-    fired = (codes > 0).sum(0)
-    typical = np.divide(codes.sum(0), fired, out=np.zeros(codes.shape[1]), where=fired > 0)
+    codes = dictionary.encode(store.read_rows_at(sample), sparse=True)  # CSR [rows, n_latents]
+    fired = np.bincount(codes.indices[codes.data > 0], minlength=codes.shape[1])
+    total = np.asarray(codes.maximum(0).sum(axis=0)).ravel()
+    typical = np.divide(total, fired, out=np.zeros(codes.shape[1]), where=fired > 0)
     fallback = float(np.median(typical[fired > 0])) if (fired > 0).any() else 1.0
     return np.where(fired > 0, typical, fallback)
 

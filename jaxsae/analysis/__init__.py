@@ -7,11 +7,14 @@ Public API (imported lazily; each name lives in the module named next to it):
     feature_table(...), top_genes(...)                     features.py   per-feature statistics and genes
     associate(adata, obs), best_features(...)              associate.py  AUROC / mean difference / specificity
     differential_expression(adata, feature)                expression.py scanpy Wilcoxon, active vs inactive cells
+    analyze(dictionary, store, out_dir, obs=...)           pipeline.py   `jaxsae analyze`: every table, on disk
     read_gmt(path), go_gene_sets(), enrich(...)            enrich.py     over-representation, BH FDR
     load_genes(store)                                      jaxsae.store.genes  token id -> gene table
 """
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     "TokenCodes": "jaxsae.analysis.encode", "encode_store": "jaxsae.analysis.encode",
@@ -21,6 +24,7 @@ _EXPORTS = {
     "associate": "jaxsae.analysis.associate", "best_features": "jaxsae.analysis.associate",
     "plot_association_heatmap": "jaxsae.analysis.associate",
     "differential_expression": "jaxsae.analysis.expression",
+    "analyze": "jaxsae.analysis.pipeline",
     "GeneSets": "jaxsae.analysis.enrich", "read_gmt": "jaxsae.analysis.enrich",
     "go_gene_sets": "jaxsae.analysis.enrich", "enrich": "jaxsae.analysis.enrich",
     "load_genes": "jaxsae.store.genes",
@@ -31,15 +35,24 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'jaxsae.analysis' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    # Bind all of the module's exports now: importing jaxsae.analysis.enrich sets this package's attribute
-    # `enrich` to the submodule, which would otherwise shadow the function enrich.enrich.
-    for export, module_name in _EXPORTS.items():
-        if module_name == module.__name__:
-            globals()[export] = getattr(module, export)
-    return globals()[name]
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxsae.analysis' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Importing submodule `associate` (or `enrich`) sets the package attribute of that name to the module;
+    the exported function of the same name must win, so `from jaxsae.analysis import associate` is the
+    function whatever was imported before (the submodules stay importable by their dotted names)."""
+
+    def __setattr__(self, name, value):
+        if not (name in _EXPORTS and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

@@ -181,7 +181,6 @@ def prepare(store_or_folder, dictionary, adata=None, *, agg: str = "mean", name:
     store = open_store(resolve_store(store_or_folder))
     if not store.is_complete:
         raise AnalysisError(f"store {store.path} is {store.status}")
-    dictionary_path = None if isinstance(dictionary, Dictionary) else os.fspath(dictionary)
     dictionary = dictionary if isinstance(dictionary, Dictionary) else load(dictionary)
     if dictionary.d_model != store.d_model:
         raise AnalysisError(f"the dictionary reads d_model={dictionary.d_model} activations but store {store.path} "
@@ -189,7 +188,7 @@ def prepare(store_or_folder, dictionary, adata=None, *, agg: str = "mean", name:
     adata = matching_adata(store, adata)
     source = store.source
     provenance = {
-        "dictionary": os.path.abspath(dictionary_path) if dictionary_path else None,
+        "dictionary": os.path.abspath(dictionary.path) if dictionary.path else None,
         "store": str(Path(store.path).resolve()), "architecture": dictionary.sae.architecture,
         "layer": source.get("layer"), "model": source.get("model"), "kind": source.get("kind"),
     }

@@ -29,7 +29,7 @@ class AnalyzeResult:
         genes = {}
         if self.top_genes is not None and len(self.top_genes):
             named = self.top_genes.assign(name=gene_labels(self.top_genes))
-            genes = named.groupby("feature")["name"].agg(lambda names: ", ".join(names[:5])).to_dict()
+            genes = named.groupby("feature")["name"].agg(lambda names: ", ".join(names.head(5))).to_dict()
         return [f"{row.label}: feature {row.feature} (AUROC {row.auroc:.3f}) top genes: "
                 f"{genes.get(row.feature, '-')}" for row in self.best.itertuples()]
 
