@@ -7,6 +7,8 @@ Public API:
     extract.tokenize                 GeneformerTokenizer, ScGPTTokenizer
     extract.demo.prepare_demo(cache_dir) -> (adata_path, model_dir)
     extract.cli.add_extract_parser / run_extract_cli   the `jaxsae extract` verb
+    extract.genes.add_genes(store, model_dir)          genes.tsv for a store extracted before gene tables
+    extract.models.load_vocabulary(dir)                a model's gene table + checkpoint hash, weights unloaded
     extract.errors.ExtractError      every refusal of bad input
 Modules import torch lazily through their own imports; `import extract` alone does not.
 """

@@ -66,6 +66,23 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from jaxsae.report import build_report
+
+    gene_sets = ([] if args.no_go else ["go"]) + list(args.gmt or [])
+    path = build_report(args.run_or_dictionary, args.store, args.adata, obs=args.obs, out=args.out,
+                        n_cards=args.cards, model=args.model, gene_sets=gene_sets, member=args.member)
+    print(f"report: {path}")
+    return 0
+
+
+def _gene_set_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gmt", action="append", metavar="FILE",
+                   help="gene sets (GMT, gene symbols) to test each feature's top genes against (repeatable)")
+    p.add_argument("--no-go", action="store_true",
+                   help="skip the shipped human GO biological-process sets (on by default when genes have symbols)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsae", description="Sparse autoencoders for single-cell model activations")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,13 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs", help="categorical obs column to associate features with (e.g. cell type)")
     p.add_argument("--agg", choices=("mean", "max", "frac"), default="mean", help="per-cell aggregation of token rows")
     p.add_argument("--model", help="the model folder: also write promoted_genes.csv (needs jaxsae[extract])")
-    p.add_argument("--gmt", action="append", metavar="FILE",
-                   help="gene sets (GMT, gene symbols) to test each feature's top genes against (repeatable)")
-    p.add_argument("--no-go", action="store_true",
-                   help="skip the shipped human GO biological-process sets (on by default when genes have symbols)")
+    _gene_set_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_analyze)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of a trained dictionary: training "
+                                      "curves, feature density, a searchable table of all features, feature cards")
+    p.add_argument("run_or_dictionary", help="a finished run folder or a dictionary folder")
+    p.add_argument("--store", required=True, help="the token store to encode (OUT/layer_N/tokens, or the extraction "
+                                                  "output folder when it holds one token store)")
+    p.add_argument("--adata", help="the .h5ad of the extracted cells: labels, UMAP (default: the file the "
+                                   "extraction recorded)")
+    p.add_argument("--obs", help="categorical obs column to find each feature's best label (default: the first "
+                                 "categorical column with 2-100 categories)")
+    p.add_argument("--out", help="the HTML file (default: report.html inside RUN_OR_DICTIONARY)")
+    p.add_argument("--cards", type=int, default=24, help="number of feature cards (default 24)")
+    p.add_argument("--model", help="the model folder, to list the genes each feature promotes in its output head")
+    p.add_argument("--member", type=int, default=0, help="which member of a run with several (default 0)")
+    _gene_set_arguments(p)
+    p.set_defaults(fn=_cmd_report)
 
     try:
         from extract.cli import add_extract_parser

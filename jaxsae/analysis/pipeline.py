@@ -6,11 +6,11 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from jaxsae.analysis.enrichment import resolve_gene_sets
 from jaxsae.analysis.errors import AnalysisError
 
 
@@ -59,7 +59,7 @@ def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, a
         obs_labels(adata, obs)
     if model_dir is not None and not Path(model_dir).is_dir():
         raise AnalysisError(f"model folder {model_dir} does not exist; pass the folder the store was extracted with")
-    sets, sets_required = _gene_sets(gene_sets)
+    sets, sets_required = resolve_gene_sets(gene_sets)
     final = Path(out_dir)
     final.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=".partial-", dir=final))
@@ -133,26 +133,6 @@ def _write(store, dictionary_obj, adata, provenance, out: Path, *, obs, agg, mod
     adata.write_h5ad(out / "cells.h5ad")
     paths["cells"] = str(out / "cells.h5ad")
     return paths, best, genes_table, notes
-
-
-def _gene_sets(gene_sets):
-    """(merged GeneSets or None, whether the caller asked for them explicitly); GMT files parsed now."""
-    from jaxsae.analysis.enrichment import GeneSets, go_gene_sets, read_gmt
-
-    if gene_sets is None:
-        return None, False
-    items = list(gene_sets) if isinstance(gene_sets, (list, tuple)) else [gene_sets]
-    required = any(not (isinstance(item, str) and item == "go") for item in items)
-    merged: dict = {}
-    descriptions: dict = {}
-    for item in items:
-        sets = go_gene_sets() if isinstance(item, str) and item == "go" else (
-            read_gmt(item) if isinstance(item, (str, os.PathLike)) else item)
-        if not isinstance(sets, Mapping):
-            raise AnalysisError(f"gene_sets item {item!r}: expected 'go', a GMT path or a mapping name -> genes")
-        merged.update(sets)
-        descriptions.update(getattr(sets, "descriptions", {}))
-    return GeneSets(merged, descriptions), required
 
 
 def _genes(store_path) -> pd.DataFrame | None:

@@ -6,6 +6,7 @@ A store is one folder per (model, layer, kind):
     cell_index/     zarr3 [N] int64
     token_id/       zarr3 [N] int32
     position/       zarr3 [N] int32
+    genes.tsv       token id -> Ensembl id, symbol (extraction stores; `load_genes`, jaxsae.store.genes)
 Only rows [0, rows_committed) are valid; `StoreWriter` writes them, `open_store` reads them, `verify_store`
 checks them all. `FolderLock` keeps one writer per folder (extractions, trainers).
 """
