@@ -27,9 +27,9 @@ def test_split_is_seeded_and_disjoint():
 @pytest.mark.parametrize("model_kind", KINDS)
 def test_pretraining_twice_gives_identical_weights(tmp_path, model_kind):
     config = PretrainConfig.for_kind(model_kind, steps=3, warmup_steps=2)
-    threads = torch.get_num_threads()
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     records = [pretrain(tmp_path / str(i), config, evaluate_model=False) for i in range(2)]
-    assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()  # restored
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, strict)  # restored
     first, second = (weights_of(tmp_path / str(i), model_kind) for i in range(2))
     initial = PretrainConfig.for_kind(model_kind, steps=1, learning_rate=1e-12, warmup_steps=1)
     assert first.keys() == second.keys()
