@@ -22,7 +22,10 @@ come from generators seeded by (seed, 1, AnnData row), so every evaluation masks
 
 Determinism: torch and numpy generators are seeded, torch runs with a fixed number of threads and
 `torch.use_deterministic_algorithms(True)` (both restored afterwards); two runs on the same machine give
-bitwise-equal weights. Different CPUs (other SIMD kernels, other summation orders) drift apart slowly.
+bitwise-equal weights (`platform_fingerprint()` is recorded). Elsewhere (other SIMD kernels, other
+summation orders) the weights come out different, not close: training is chaotic; perturbing the initial
+weights by 1e-6 (relative) changed the final weights by a median 66% (Geneformer) / 27% (scGPT) of their
+norm and the held-out metric by 0.6% / 8.6% (experiments/RESULTS.md), so only the metric reproduces.
 
 PERFORMANCE (2 CPU cores shared with other jobs): one torch thread. A Geneformer step of 16 full cells
 (~4,500 tokens) took 0.68 s on one thread and 3.2-3.6 s on two while other processes held the cores (two
@@ -37,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import platform
 import tempfile
 import time
 from contextlib import contextmanager
@@ -416,11 +420,17 @@ def pretrain(out_dir: str | Path, config: PretrainConfig, *, evaluate_model: boo
         "seconds": round(seconds, 1), "train_loss_first": float(np.mean(losses[:tail])),
         "train_loss_last": float(np.mean(losses[-tail:])), "heldout": metrics,
         "n_train_cells": len(train_cells), "n_heldout_cells": adata.n_obs - len(train_cells),
-        "vocabulary_sha256": digest, "torch_version": torch.__version__,
+        "vocabulary_sha256": digest, "torch_version": torch.__version__, "platform": platform_fingerprint(),
         "command": f"python -m extract.demo_pretrain {config.model_kind} OUT_DIR --steps {config.steps}",
     }
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def platform_fingerprint() -> dict:
+    """What decides the CPU kernels, hence the bits of a rerun: machine, torch build, SIMD level torch uses."""
+    return {"machine": platform.machine(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def evaluate_folder(model_dir: str | Path, *, train_cells_too: bool = False) -> dict:

@@ -1,12 +1,10 @@
 """Demo pretraining: deterministic from its seed; the committed weights have learned and are what it produces."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from extract.demo import RECORD_FILE, WEIGHT_FILES, WEIGHTS_DIR, committed_record, prepare_demo
+from extract.demo import WEIGHT_FILES, WEIGHTS_DIR, committed_record, prepare_demo
 from extract.demo_pretrain import PretrainConfig, evaluate_folder, pretrain, split_cells
 from extract.models.geneformer import load_weights
 
@@ -58,20 +56,29 @@ def test_committed_weights_have_learned(tmp_path, model_kind):
     assert record["config"] == {**PretrainConfig.for_kind(model_kind).__dict__}  # committed = the defaults
 
 
+# How far a rerun's held-out metric may land from the committed one on another platform, and the bar it must
+# still beat: perturbing the initial weights by 1e-6 moved it by 0.6% (Geneformer) and 8.6% (scGPT).
+RERUN_TOLERANCE = {"geneformer": ("heldout_loss", "ratio_to_chance", 0.02, 0.85),
+                   "scgpt": ("heldout_mse", "ratio_to_baseline", 0.15, 0.85)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_kind", KINDS)
 def test_the_script_reproduces_the_committed_weights(tmp_path, model_kind):
-    """Reruns the full pretraining (minutes). Same machine and torch build: bitwise equal. Elsewhere other
-    SIMD kernels change float summation order; those ~1e-7 relative differences grow over the steps, so weights
-    are compared by relative norm of the difference per tensor (<= 2%) and the held-out metric within 1%."""
+    """Reruns the full pretraining (10-15 minutes each on 2 busy cores). On the platform that produced the
+    committed weights (same machine type, torch build and SIMD level) they must come out bitwise equal. On
+    another, the weights are not comparable at any useful tolerance (training is chaotic: a 1e-6 relative
+    perturbation of the initial weights changes the final ones by 27-66% of their norm), so only the held-out
+    metric is compared, within RERUN_TOLERANCE, and must still beat its bar."""
     record = pretrain(tmp_path / "out", PretrainConfig.for_kind(model_kind))
     committed = committed_record(model_kind)
-    key = "heldout_loss" if model_kind == "geneformer" else "heldout_mse"
     assert record["steps"] == committed["steps"] and record["vocabulary_sha256"] == committed["vocabulary_sha256"]
-    assert record["heldout"][key] == pytest.approx(committed["heldout"][key], rel=0.01)
+    assert record["config"] == committed["config"]
+    key, ratio, tolerance, bar = RERUN_TOLERANCE[model_kind]
+    assert record["heldout"][key] == pytest.approx(committed["heldout"][key], rel=tolerance)
+    assert record["heldout"][ratio] <= bar
     ours, theirs = weights_of(tmp_path / "out", model_kind), weights_of(WEIGHTS_DIR / model_kind, model_kind)
     assert ours.keys() == theirs.keys()
-    for name in ours:
-        difference = float(torch.linalg.norm(ours[name].double() - theirs[name].double()))
-        assert difference <= 0.02 * float(torch.linalg.norm(theirs[name].double())) + 1e-6, name
-    assert json.loads((tmp_path / "out" / RECORD_FILE).read_text())["config"] == committed["config"]
+    if record["platform"] == committed["platform"]:
+        assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+        assert record["heldout"] == committed["heldout"]
