@@ -5,7 +5,8 @@ Public API:
     extract.run.ExtractConfig        extraction settings
     extract.models.load_model(dir)   Geneformer (HF folder) or scGPT (args.json, vocab.json, best_model.pt)
     extract.tokenize                 GeneformerTokenizer, ScGPTTokenizer
-    extract.demo.prepare_demo(cache_dir) -> (adata_path, model_dir)
+    extract.demo.prepare_demo(cache_dir, model_kind="geneformer" | "scgpt") -> (adata_path, model_dir)
+    extract.demo_pretrain            reproduces the committed demo weights (python -m extract.demo_pretrain)
     extract.cli.add_extract_parser / run_extract_cli   the `jaxsae extract` verb
     extract.genes.add_genes(store, model_dir)          genes.tsv for a store extracted before gene tables
     extract.models.load_vocabulary(dir)                a model's gene table + checkpoint hash, weights unloaded

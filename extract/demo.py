@@ -1,61 +1,58 @@
-"""Offline demo inputs: scanpy's bundled pbmc68k_reduced as raw counts, and a small Geneformer pretrained on it.
+"""Offline demo inputs: scanpy's bundled pbmc68k_reduced as raw counts, and small models pretrained on it.
 
-`prepare_demo(cache_dir)` returns (adata_path, model_dir):
+`prepare_demo(cache_dir, model_kind="geneformer" | "scgpt")` returns (adata_path, model_dir):
   * adata_path: 700 PBMCs x 765 genes of raw integer counts, recovered from `raw.X` (log1p of counts per
     10,000) as round(expm1(raw.X) x n_counts / 10,000) and refused unless they come out integral (within 0.1,
     the float32 rounding of the stored logs). var: gene symbols as index plus an `ensembl_id` column;
     obs: bulk_labels (10 cell types), louvain, n_counts.
-  * model_dir: a Geneformer V2-layout folder (config.json, model.safetensors, token / gene-median /
-    gene-name dictionaries) holding a 4-layer BertForMaskedLM pretrained for a few minutes with 15% masked
-    gene prediction on those cells (rank-value encoded with the medians computed from the same cells).
+  * model_dir: the demo model in the folder layout users download, assembled from the weights committed in
+    `extract/demo_weights/<kind>/` (produced by `python -m extract.demo_pretrain KIND OUT`, which records
+    its seed, steps and held-out losses in `pretraining.json`) plus the vocabulary computed from the cells:
+      - geneformer: a Geneformer V2-layout folder (config.json, model.safetensors, token / gene-median /
+        gene-name dictionaries) holding a 4-layer BertForMaskedLM pretrained with 15% masked-gene prediction;
+      - scgpt: an scGPT folder (args.json, vocab.json, best_model.pt) holding a 4-layer TransformerModel
+        pretrained with scGPT's masked expression-value prediction (GEP + MVC).
+    The vocabulary must hash to what pretraining recorded, else the weights do not fit and it is refused.
 THE ENSEMBL IDS ARE MADE UP: no symbol -> Ensembl mapping is available offline, so each symbol gets a
 synthetic ID `ENSG99` + 9 digits (its rank in alphabetical order; no real gene has an ENSG99... ID), and the
-model folder's `gene_name_id_dict_demo.pkl` holds that mapping. Do not join these IDs with real annotations.
+Geneformer folder's `gene_name_id_dict_demo.pkl` holds that mapping. Do not join these IDs with real annotations.
 
-Everything is cached under cache_dir (built in a temporary folder, then renamed into place with a
-COMPLETE marker written last); a later call with the same settings reuses it, a half-written or
-different-settings cache is rebuilt. `python -m extract.demo CACHE_DIR OUT_DIR` also extracts a middle layer.
+Everything is cached under cache_dir/pbmc68k_<kind> (built in a temporary folder, then renamed into place
+with a COMPLETE marker written last); a later call with the same settings (kind, hash of the committed
+weights) reuses it, a half-written or different-settings cache is rebuilt. Nothing is trained here.
+`python -m extract.demo CACHE_DIR OUT_DIR [--model-kind K]` also extracts a middle layer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from extract.errors import ExtractError
 
 MARKER = "COMPLETE.json"
 COUNTS_FILE = "pbmc68k_counts.h5ad"
-MODEL_FOLDER = "geneformer"
+MODEL_FOLDER = "model"
+RECORD_FILE = "pretraining.json"
 INTEGRAL_TOLERANCE = 0.1
+CACHE_FORMAT = 2
+MODEL_KINDS = ("geneformer", "scgpt")
+WEIGHTS_DIR = Path(__file__).parent / "demo_weights"
+WEIGHT_FILES = {"geneformer": ("config.json", "model.safetensors"), "scgpt": ("args.json", "best_model.pt")}
+SCGPT_SPECIALS = ("<pad>", "<cls>", "<eoc>")
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """Demo model and pretraining settings. Pretraining stops after train_steps or max_train_seconds,
-    whichever comes first (the defaults: about 2.5 minutes of wall time on 2 CPU cores)."""
-
-    n_layers: int = 4
-    d_model: int = 128
-    n_heads: int = 4
-    d_ff: int = 256
-    max_positions: int = 1026  # 1,024 genes + <cls> + <eos>
-    train_steps: int = 3000
-    max_train_seconds: float = 150.0
-    batch_size: int = 16
-    train_window: int = 64
-    learning_rate: float = 2e-3
-    mask_fraction: float = 0.15
-    seed: int = 0
+def check_kind(model_kind: str) -> str:
+    if model_kind not in MODEL_KINDS:
+        raise ExtractError(f"model_kind={model_kind!r}; expected one of {list(MODEL_KINDS)}")
+    return model_kind
 
 
 def pbmc_counts() -> "anndata.AnnData":  # noqa: F821
@@ -89,102 +86,87 @@ def gene_medians(counts: sp.csr_matrix, target_sum: float = 1e4) -> np.ndarray:
                      for j in range(normalised.shape[1])])
 
 
-def pretrain(module, sequences: list[np.ndarray], token_ids: dict[str, int], config: DemoConfig) -> dict:
-    """15% masked-gene prediction (BERT 80/10/10 replacement) on rank-value encoded cells; returns a log.
+def write_vocabulary(model_kind: str, folder: Path, adata) -> str:
+    """Write the model's vocabulary files computed from the cells; returns the sha256 of the token mapping.
 
-    To fit a CPU budget each example is a random crop of `train_window` consecutive ranks of one cell
-    (between its <cls> and <eos>, which are kept), fed with its original position ids, so every position
-    embedding up to the longest cell is trained while a step costs train_window tokens per cell.
+    geneformer: token dictionary (<pad> <mask> <cls> <eos>, then the synthetic IDs sorted), gene medians and
+    the symbol -> ID dictionary, as pickles. scgpt: vocab.json (symbols in var order, then <pad> <cls> <eoc>).
     """
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    warmup = max(1, min(50, config.train_steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    pad, mask_id = token_ids["<pad>"], token_ids["<mask>"]
-    n_special = len([t for t in token_ids if t.startswith("<")])
-    width = config.train_window + 2
-    module.train()
-    losses, started = [], time.perf_counter()
-    for _ in range(config.train_steps):
-        chosen = rng.choice(len(sequences), config.batch_size, replace=False)
-        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
-        positions = torch.zeros_like(ids)
-        for row, i in enumerate(chosen):
-            seq = sequences[i]
-            n_genes = len(seq) - 2
-            first = int(rng.integers(0, max(0, n_genes - config.train_window) + 1))
-            keep = np.r_[0, 1 + first + np.arange(min(config.train_window, n_genes)), len(seq) - 1]
-            ids[row, : len(keep)] = torch.from_numpy(seq[keep])
-            positions[row, : len(keep)] = torch.from_numpy(keep)
-        is_gene = ids >= n_special
-        masked = is_gene & (torch.rand(ids.shape, generator=gen) < config.mask_fraction)
-        labels = torch.where(masked, ids, torch.full_like(ids, -100))
-        draw = torch.rand(ids.shape, generator=gen)
-        inputs = torch.where(masked & (draw < 0.8), torch.full_like(ids, mask_id), ids)
-        random_genes = torch.randint(n_special, module.config.vocab_size, ids.shape, generator=gen)
-        inputs = torch.where(masked & (draw >= 0.8) & (draw < 0.9), random_genes, inputs)
-        loss = module(input_ids=inputs, attention_mask=(ids != pad).long(), position_ids=positions,
-                      labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if time.perf_counter() - started > config.max_train_seconds:
-            break
-    module.eval()
-    tail = max(1, len(losses) // 10)
-    return {"steps": len(losses), "seconds": round(time.perf_counter() - started, 1),
-            "loss_first": float(np.mean(losses[:tail])), "loss_last": float(np.mean(losses[-tail:])),
-            "loss_uniform": float(np.log(module.config.vocab_size - n_special))}
+    from extract.testing import geneformer_token_dictionary, write_geneformer_dictionaries
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if check_kind(model_kind) == "geneformer":
+        ids = adata.var["ensembl_id"].tolist()
+        token_ids = geneformer_token_dictionary(sorted(ids), special_tokens=True)
+        medians = dict(zip(ids, gene_medians(adata.X).tolist()))
+        write_geneformer_dictionaries(folder, token_ids, medians, dict(zip(adata.var_names, ids)), suffix="demo")
+    else:
+        token_ids = {g: i for i, g in enumerate([*map(str, adata.var_names), *SCGPT_SPECIALS])}
+        (folder / "vocab.json").write_text(json.dumps(token_ids))
+    return hashlib.sha256(json.dumps(token_ids, sort_keys=True).encode()).hexdigest()
 
 
-def _build(folder: Path, config: DemoConfig) -> dict:
-    from extract.models import load_geneformer
-    from extract.testing import geneformer_token_dictionary, new_geneformer_module, write_geneformer_dictionaries
-    from extract.tokenize import GeneformerDictionaries, GeneformerTokenizer, as_count_rows
-
-    adata = pbmc_counts()
-    adata.write_h5ad(folder / COUNTS_FILE)
-    ids = adata.var["ensembl_id"].tolist()
-    token_ids = geneformer_token_dictionary(sorted(ids), special_tokens=True)
-    medians = dict(zip(ids, gene_medians(adata.X).tolist()))
-    model_dir = folder / MODEL_FOLDER
-    write_geneformer_dictionaries(model_dir, token_ids, medians, dict(zip(adata.var_names, ids)), suffix="demo")
-    dictionaries = GeneformerDictionaries.from_dir(model_dir)
-    tokenizer = GeneformerTokenizer(dictionaries, adata.var, model_input_size=config.max_positions, special_tokens=True)
-    sequences = tokenizer(as_count_rows(adata.X), np.arange(adata.n_obs)).input_ids
-    module = new_geneformer_module(len(token_ids), n_layers=config.n_layers, d_model=config.d_model,
-                                   n_heads=config.n_heads, d_ff=config.d_ff, max_positions=config.max_positions,
-                                   seed=config.seed)
-    log = pretrain(module, sequences, token_ids, config)
-    module.save_pretrained(model_dir)
-    load_geneformer(model_dir)  # the folder must load through the public loader before it is marked complete
-    return log
+def committed_record(model_kind: str, weights_dir: Path | None = None) -> dict:
+    """The `pretraining.json` recorded next to the committed weights of `model_kind`."""
+    weights_dir = weights_dir or WEIGHTS_DIR / check_kind(model_kind)
+    path = weights_dir / RECORD_FILE
+    if not path.is_file():
+        raise ExtractError(f"the demo weights are missing: {path} does not exist; reinstall jaxsae or run "
+                           f"`python -m extract.demo_pretrain {model_kind} {weights_dir}`")
+    return json.loads(path.read_text())
 
 
-def prepare_demo(cache_dir: str | Path, config: DemoConfig | None = None, **overrides) -> tuple[Path, Path]:
-    """(adata_path, model_dir) of the demo, built on first use and cached in `cache_dir`."""
-    config = config or DemoConfig(**overrides)
+def assemble_model(model_kind: str, folder: Path, adata, weights_dir: Path | None = None) -> Path:
+    """Write the demo model folder of `model_kind`: committed weight files + vocabulary computed from `adata`."""
+    weights_dir = weights_dir or WEIGHTS_DIR / check_kind(model_kind)
+    record = committed_record(model_kind, weights_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (*WEIGHT_FILES[model_kind], RECORD_FILE):
+        shutil.copyfile(weights_dir / name, folder / name)
+    digest = write_vocabulary(model_kind, folder, adata)
+    if digest != record["vocabulary_sha256"]:
+        raise ExtractError(
+            f"the {model_kind} demo vocabulary computed from pbmc68k_reduced (sha256 {digest[:12]}) is not the one "
+            f"the committed weights were pretrained with ({record['vocabulary_sha256'][:12]}); this scanpy version "
+            f"ships different data: rerun `python -m extract.demo_pretrain {model_kind} OUT`"
+        )
+    return folder
+
+
+def weights_digest(model_kind: str) -> str:
+    """sha256 over the committed weight files and record of `model_kind` (the cache's settings key)."""
+    from extract.models.base import sha256_files
+
+    names = (*WEIGHT_FILES[model_kind], RECORD_FILE)
+    return sha256_files([WEIGHTS_DIR / model_kind / n for n in names])
+
+
+def prepare_demo(cache_dir: str | Path, model_kind: str = "geneformer") -> tuple[Path, Path]:
+    """(adata_path, model_dir) of the demo with the `model_kind` model, built on first use and cached."""
+    from extract.models import load_model
+
+    check_kind(model_kind)
     cache_dir = Path(cache_dir)
-    final = cache_dir / "pbmc68k_geneformer"
-    settings = asdict(config)
+    final = cache_dir / f"pbmc68k_{model_kind}"
+    settings = {"format": CACHE_FORMAT, "model_kind": model_kind, "weights_sha256": weights_digest(model_kind)}
     marker = final / MARKER
     if marker.is_file():
         try:
             done = json.loads(marker.read_text())
         except json.JSONDecodeError:
             done = {}
-        if done.get("config") == settings and (final / COUNTS_FILE).is_file() and (final / MODEL_FOLDER).is_dir():
+        if done.get("settings") == settings and (final / COUNTS_FILE).is_file() and (final / MODEL_FOLDER).is_dir():
             return final / COUNTS_FILE, final / MODEL_FOLDER
     cache_dir.mkdir(parents=True, exist_ok=True)
-    building = cache_dir / f".building-{os.getpid()}"
+    building = cache_dir / f".building-{model_kind}-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
-    log = _build(building, config)
-    (building / MARKER).write_text(json.dumps({"config": settings, "pretraining": log}, indent=2))
+    adata = pbmc_counts()
+    adata.write_h5ad(building / COUNTS_FILE)
+    assemble_model(model_kind, building / MODEL_FOLDER, adata)
+    load_model(building / MODEL_FOLDER)  # the folder must load through the public loader before it is marked complete
+    (building / MARKER).write_text(json.dumps({"settings": settings,
+                                               "pretraining": committed_record(model_kind)}, indent=2))
     shutil.rmtree(final, ignore_errors=True)  # a half-written or stale cache
     os.replace(building, final)
     return final / COUNTS_FILE, final / MODEL_FOLDER
@@ -194,16 +176,18 @@ def main(argv: list[str] | None = None) -> None:
     """python -m extract.demo CACHE_DIR OUT_DIR: prepare the demo and extract layer n_layers // 2."""
     import argparse
 
+    from extract.models import load_model
     from extract.run import extract
 
     parser = argparse.ArgumentParser(prog="python -m extract.demo", description=main.__doc__)
     parser.add_argument("cache_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--max-train-seconds", type=float, default=DemoConfig.max_train_seconds)
+    parser.add_argument("--model-kind", choices=MODEL_KINDS, default="geneformer")
     args = parser.parse_args(argv)
-    adata_path, model_dir = prepare_demo(args.cache_dir, max_train_seconds=args.max_train_seconds)
-    print(json.loads((model_dir.parent / MARKER).read_text())["pretraining"])
-    layer = DemoConfig.n_layers // 2
+    adata_path, model_dir = prepare_demo(args.cache_dir, args.model_kind)
+    record = committed_record(args.model_kind)
+    print({k: record[k] for k in ("steps", "heldout") if k in record})
+    layer = load_model(model_dir).n_layers // 2
     stores = extract(adata_path, model_dir, args.out_dir, layers=[layer])
     print(f"adata: {adata_path}\nmodel: {model_dir}\nlayer {layer} token store: {stores[layer]}")
 

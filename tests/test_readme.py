@@ -126,7 +126,7 @@ def run_make(command: str, sandbox: Path, env: dict, where: str) -> None:
         assert re.search(r"python -m pytest", dry.stdout), dry.stdout
         return
     assert target == "demo", f"README {where}: no runner for `{command}`"
-    args = "--cache runs/demo-cache --out runs/demo --pretrain-seconds 3 --steps 20"
+    args = "--cache runs/demo-cache --out runs/demo --steps 20"
     proc = run(f'{make} demo ARGS="{args}"', sandbox, env, where)
     assert "dictionary:" in proc.stdout and "activation store:" in proc.stdout, proc.stdout
 

@@ -110,6 +110,11 @@ class MVCDecoder(nn.Module):
         if explicit_zero_prob:
             self.W_zero_logit = nn.Linear(d_model, d_model)
 
+    def forward(self, cell_emb, gene_embs):
+        """cell_emb: [B, d]; gene_embs: [B, L, d] (the gene encoder's output) -> [B, L] predicted values."""
+        query = self.query_activation(self.gene2query(gene_embs))
+        return torch.bmm(self.W(query), cell_emb.unsqueeze(2)).squeeze(2)
+
 
 class TransformerModel(nn.Module):
     """scGPT's encoder with official parameter names. `_encode` is scGPT's `TransformerModel._encode`."""
