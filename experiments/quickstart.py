@@ -1,4 +1,4 @@
-"""The main job end to end: AnnData -> model activations -> TopK dictionary (`make demo` runs this).
+"""The main job end to end: AnnData -> model activations -> TopK dictionary -> biology (`make demo` runs this).
 
     .venv/bin/python experiments/quickstart.py                       # bundled data + the small demo Geneformer
     .venv/bin/python experiments/quickstart.py --model-kind scgpt    # bundled data + the small demo scGPT
@@ -8,6 +8,12 @@ Without --model, scanpy's bundled pbmc68k_reduced (700 PBMCs, raw counts recover
 `bulk_labels`) and a small demo model pretrained on those cells (weights shipped in extract/demo_weights/,
 see extract/demo_pretrain.py) are assembled once and cached under --cache; the model is then loaded through
 the same public loader as a downloaded checkpoint. Nothing is pretrained at run time.
+
+The run ends with the analysis (`jaxsae analyze`: OUT/analysis/ with cells x features, feature, gene, gene-set
+and cell-type tables) and the HTML report (`jaxsae report`: OUT/report.html), and prints, per cell type of
+--obs (bulk_labels for the demo cells), the best feature, its AUROC and its top genes.
+The run folder is named after its settings (OUT/topk-layer2-n1024-k16-steps1000): a rerun with the same
+settings reuses the finished dictionary, and an interrupted one resumes.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--model-kind", choices=["geneformer", "scgpt"], default="geneformer",
                     help="which demo model to use without --model (default: geneformer)")
+    ap.add_argument("--obs", default=None,
+                    help="categorical obs column to associate features with (default: bulk_labels for the demo "
+                         "cells, none for your own)")
     ap.add_argument("--pretrain-seconds", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.pretrain_seconds is not None:
@@ -45,49 +54,74 @@ def main(argv: list[str] | None = None) -> int:
     from extract.errors import ExtractError
     from extract.models import load_model
     from extract.run import extract
+    from jaxsae.analysis import analyze
     from jaxsae.errors import USER_ERRORS
+    from jaxsae.report import build_report
     from jaxsae.store import open_store
     from jaxsae.train.config import make_config
     from jaxsae.train.loop import train
+    from jaxsae.train.run_folder import dictionary_dir, is_complete
+
+    obs = args.obs if args.obs is not None or args.model is not None else "bulk_labels"
 
     t0 = time.perf_counter()
     try:
         if args.model is None:
-            print(f"[1/3] demo data and the pretrained demo {args.model_kind} (cached in {args.cache})")
+            print(f"[1/4] demo data and the pretrained demo {args.model_kind} (cached in {args.cache})")
             adata_path, model_dir = prepare_demo(args.cache, model_kind=args.model_kind)
         else:
             adata_path, model_dir = args.adata, args.model
         layer = args.layer if args.layer is not None else load_model(model_dir).n_layers // 2
 
-        print(f"[2/3] extracting layer {layer} activations of {adata_path}")
+        print(f"[2/4] extracting layer {layer} activations of {adata_path}")
         stores = extract(adata_path, model_dir, os.path.join(args.out, "stores"), layers=[layer])
         store_path = str(stores[layer])
         store = open_store(store_path)
 
-        run_dir = os.path.join(args.out, f"topk-layer{layer}-{time.strftime('%Y%m%d-%H%M%S')}")
         n_latents = args.n_latents or 8 * store.d_model
-        print(f"[3/3] training a TopK dictionary: {store.n_rows:,} token rows, d={store.d_model}, "
-              f"n_latents={n_latents}, k={args.k}")
-        cfg = make_config({
-            "run_dir": run_dir, "steps": args.steps, "log_every": 100,
-            "sae": {"architecture": "topk", "d_model": store.d_model, "n_latents": n_latents, "k": args.k},
-            "data": {"store": store_path, "batch_rows": min(2048, store.n_rows)},
-            "optim": {"lr": 1e-3, "warmup_steps": 50},
-        })
-        result = train(cfg)
+        run_dir = os.path.join(args.out, f"topk-layer{layer}-n{n_latents}-k{args.k}-steps{args.steps}")
+        if is_complete(run_dir):
+            print(f"[3/4] reusing the finished dictionary of {run_dir} (delete that folder to train again)")
+            dictionary = dictionary_dir(run_dir, 0)
+            with open(os.path.join(dictionary, "config.json")) as f:
+                metrics = json.load(f)["metrics"]
+        else:
+            print(f"[3/4] training a TopK dictionary: {store.n_rows:,} token rows, d={store.d_model}, "
+                  f"n_latents={n_latents}, k={args.k}")
+            cfg = make_config({
+                "run_dir": run_dir, "steps": args.steps, "log_every": 100,
+                "sae": {"architecture": "topk", "d_model": store.d_model, "n_latents": n_latents, "k": args.k},
+                "data": {"store": store_path, "batch_rows": min(2048, store.n_rows)},
+                "optim": {"lr": 1e-3, "warmup_steps": 50},
+            })
+            result = train(cfg)
+            dictionary, metrics = result.dictionaries[0], result.metrics[0]
+
+        print(f"[4/4] analysis ({os.path.join(args.out, 'analysis')}) and report ({os.path.join(args.out, 'report.html')})")
+        analysis = analyze(dictionary, store_path, os.path.join(args.out, "analysis"), adata=adata_path, obs=obs,
+                           model_dir=model_dir, progress=False)
+        report = build_report(run_dir, store_path, adata_path, obs=obs, model=model_dir,
+                              out=os.path.join(args.out, "report.html"))
     except (ExtractError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    m = result.metrics[0]
+    m = metrics
     print()
     print(f"done in {time.perf_counter() - t0:,.0f} s")
     print(f"  activation store: {store_path}")
-    print(f"  dictionary:       {result.dictionaries[0]}")
-    print(f"  metrics:          {os.path.join(result.run_dir, 'metrics.jsonl')}")
+    print(f"  dictionary:       {dictionary}")
+    print(f"  metrics:          {os.path.join(run_dir, 'metrics.jsonl')}")
+    print(f"  analysis:         {os.path.join(args.out, 'analysis')}")
+    print(f"  report:           {report}")
     print(f"  final: fvu={m['fvu']:.3f} explained_variance={m['explained_variance']:.3f} l0={m['l0']:.1f} "
           f"dead={m['dead_fraction']:.3f}")
-    print(f"  load it: import jaxsae; d = jaxsae.load({json.dumps(result.dictionaries[0])})")
+    print(f"  load it: import jaxsae; d = jaxsae.load({json.dumps(dictionary)})")
+    print()
+    print(f"best feature per {obs or 'label'} (AUROC of the feature's per-cell mean activation; top genes by mean "
+          "activation on the gene's tokens):")
+    for line in analysis.summary():
+        print(f"  {line}")
     return 0
 
 

@@ -36,6 +36,7 @@ SHRINK = [
     (r"^(jaxsae train \S+\.toml.*?)(\s+#.*)?$", r"\1 steps=30 log_every=10\2"),
     (r'("run_dir=runs/topk-py")\]', r'\1, "steps=30", "log_every=10"]'),
     (r"^(\.venv/bin/python experiments/quickstart\.py --model .*?)(\s+#.*)?$", r"\1 --steps 20 --out runs/qs\2"),
+    (r"topk-layer2-n1024-k16-steps1000", "topk-layer2-n1024-k16-steps20"),  # the demo's run, trained 20 steps
     (r"^(\.venv/bin/python experiments/bench_train\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --d 32 --n 512 --k 8 --batch 256 --repeats 1\3"),
     (r"^(\.venv/bin/python experiments/bench_scale\.py)(.*?)(\s+#.*)?$",
@@ -126,9 +127,10 @@ def run_make(command: str, sandbox: Path, env: dict, where: str) -> None:
         assert re.search(r"python -m pytest", dry.stdout), dry.stdout
         return
     assert target == "demo", f"README {where}: no runner for `{command}`"
-    args = "--cache runs/demo-cache --out runs/demo --steps 20"
+    args = "--cache runs/demo-cache --out runs/quickstart --steps 20"
     proc = run(f'{make} demo ARGS="{args}"', sandbox, env, where)
     assert "dictionary:" in proc.stdout and "activation store:" in proc.stdout, proc.stdout
+    assert "best feature per bulk_labels" in proc.stdout and "CD19+ B: feature " in proc.stdout, proc.stdout
 
 
 def run_toml(block: str, sandbox: Path, env: dict, where: str) -> None:
