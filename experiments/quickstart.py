@@ -6,7 +6,7 @@
 
 Without --model, scanpy's bundled pbmc68k_reduced (700 PBMCs, raw counts recovered from raw.X, obs
 `bulk_labels`) and a small demo model pretrained on those cells (weights shipped in extract/demo_weights/,
-see extract/demo_pretrain.py) are assembled once and cached under --cache; the model is then loaded through
+see extract/demo_pretrain.py and extract/pretraining/) are assembled once and cached under --cache; the model is then loaded through
 the same public loader as a downloaded checkpoint. Nothing is pretrained at run time.
 
 The run ends with the analysis (`jaxsae analyze`: OUT/analysis/ with cells x features, feature, gene, gene-set
