@@ -62,7 +62,7 @@ def test_jaxsae_analyze_writes_every_file(geneformer_run, tmp_path):
                    tmp_path / "analysis", "--gmt", gmt, "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     files = {"cells.h5ad", "features.csv", "associations.csv", "best_features.csv", "top_genes.csv",
-             "promoted_genes.csv", "heatmap.png", "enrichment.csv"}
+             "promoted_genes.csv", "heatmap.png", "enrichment.csv", "expression.csv"}
     assert {p.name for p in (tmp_path / "analysis").iterdir()} == files  # no half-written leftovers
     enrichment = pd.read_csv(tmp_path / "analysis" / "enrichment.csv")
     assert set(enrichment["gene_set"]) <= {"EVEN", "ALL"} and (enrichment["fdr"] <= 0.05).all()
@@ -76,6 +76,9 @@ def test_jaxsae_analyze_writes_every_file(geneformer_run, tmp_path):
     assert len(top) and top["symbol"].str.startswith("SYM").all() and top["gene_id"].isin(GENES).all()
     promoted = pd.read_csv(tmp_path / "analysis" / "promoted_genes.csv")
     assert (promoted["method"] == "logit_lens").all() and len(promoted) == 64 * 10
+    expression = pd.read_csv(tmp_path / "analysis" / "expression.csv")
+    assert set(expression["gene"]) <= set(anndata.read_h5ad(h5ad).var_names) and len(expression)
+    assert expression.groupby("feature")["rank"].min().eq(1).all()
     best = pd.read_csv(tmp_path / "analysis" / "best_features.csv")
     assert best["label"].tolist() == ["B", "NK", "T"]
 

@@ -43,7 +43,8 @@ def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, a
     """Encode `store` with `dictionary` and write the analysis files into `out_dir`:
     cells.h5ad (obsm[f"X_{name}"]), features.csv, top_genes.csv (token stores), promoted_genes.csv (with
     model_dir), enrichment.csv (token stores whose gene table has symbols), and with obs: associations.csv,
-    best_features.csv, heatmap.png.
+    best_features.csv, heatmap.png and expression.csv (genes differentially expressed in the cells where each
+    label's best feature is active, Wilcoxon against the other cells, on the AnnData's own expression).
 
     gene_sets: "go" (the shipped human GO biological-process sets; skipped with a note when the store's genes
     have no symbols), a GMT path, a GeneSets / mapping of symbol sets, a list of these (merged), or None.
@@ -130,9 +131,32 @@ def _write(store, dictionary_obj, adata, provenance, out: Path, *, obs, agg, mod
         paths["associations"] = _csv(assoc, out / "associations.csv")
         paths["best_features"] = _csv(best, out / "best_features.csv")
         paths["heatmap"] = plot_association_heatmap(assoc, out / "heatmap.png")
+        expression = _expression_of_best(adata, best, name=name, notes=notes)
+        if expression is not None:
+            paths["expression"] = _csv(expression, out / "expression.csv")
     adata.write_h5ad(out / "cells.h5ad")
     paths["cells"] = str(out / "cells.h5ad")
     return paths, best, genes_table, notes
+
+
+def _expression_of_best(adata, best: pd.DataFrame, *, name: str, notes: list[str], n_genes: int = 10):
+    """differential_expression (active vs inactive cells, Wilcoxon) of each label's best feature: its top
+    `n_genes` genes, long table with the label; features active in < 2 or all but < 2 cells are noted, not run."""
+    from jaxsae.analysis.expression import differential_expression
+
+    tables = []
+    for feature, labels in best.groupby("feature", sort=False)["label"]:
+        try:
+            table = differential_expression(adata, int(feature), name=name, n_genes=n_genes)
+        except AnalysisError as e:
+            notes.append(f"no differential expression for feature {feature}: {e}")
+            continue
+        tables.append(table.assign(feature=int(feature), label="; ".join(map(str, labels)),
+                                   rank=range(1, len(table) + 1)))
+    if not tables:
+        return None
+    columns = ["feature", "label", "rank", "gene", "score", "logfoldchange", "pval", "pval_adj"]
+    return pd.concat(tables, ignore_index=True)[columns]
 
 
 def _genes(store_path) -> pd.DataFrame | None:
