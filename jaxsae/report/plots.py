@@ -52,6 +52,11 @@ def training_curves(records: Sequence[dict], *, member: int = 0) -> bytes | None
         if key in ("loss", "fvu") and values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
             ax.yaxis.set_minor_formatter(NullFormatter())  # labelled decades only: minor labels overlap
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)  # a flat curve (L0 = k) reads as k, not k + 1e-5 offsets
+            if values and max(values) - min(values) <= 1e-3 * max(1.0, abs(max(values))):
+                middle = float(np.mean(values))
+                ax.set_ylim(middle - max(1.0, abs(middle)) * 0.1, middle + max(1.0, abs(middle)) * 0.1)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     return _png(fig)
