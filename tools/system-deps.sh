@@ -20,6 +20,6 @@ if ! command -v apt-get >/dev/null 2>&1; then
   echo "make test needs chromium and chromedriver on PATH (no apt-get here: install them your way)" >&2; exit 1
 fi
 echo "installing ${missing[*]} (apt-get) for the test suite"
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
   || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-       apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+       apt-get install -y -q "${missing[@]}" >/dev/null; }
