@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[4/4] analysis ({os.path.join(args.out, 'analysis')}) and report ({os.path.join(args.out, 'report.html')})")
         analysis = analyze(dictionary, store_path, os.path.join(args.out, "analysis"), adata=adata_path, obs=obs,
                            model_dir=model_dir, progress=False)
-        report = build_report(run_dir, store_path, adata_path, obs=obs, model=model_dir,
-                              out=os.path.join(args.out, "report.html"))
+        report = build_report(run_dir, store_path, out=os.path.join(args.out, "report.html"),
+                              analysis=analysis.analysis)  # the same encoding, not a second one
     except (ExtractError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -99,9 +99,9 @@ def test_summary_shows_the_final_metrics(two_member_run):
 def test_enrichment_of_top_genes_reaches_the_table_and_the_cards(tmp_path):
     import scipy.sparse as sp
 
-    from jaxsae.analysis import TokenCodes, top_genes
+    from jaxsae.analysis import TokenCodes, feature_enrichment, top_genes
     from jaxsae.analysis.enrichment import read_gmt, resolve_gene_sets
-    from jaxsae.report.build import _card, _enrichment, _top_sets_text
+    from jaxsae.report.build import _card, _top_sets_text
 
     symbols = [f"G{i}" for i in range(200)]
     genes = pd.DataFrame({"gene_id": [f"ENSG{i}" for i in range(200)] + [""], "symbol": symbols + ["<cls>"]},
@@ -119,7 +119,7 @@ def test_enrichment_of_top_genes_reaches_the_table_and_the_cards(tmp_path):
     codes = TokenCodes(codes=sp.csr_matrix(dense), cell_index=np.arange(1000) // 10, token_id=token_id,
                        store="in-test", dictionary=None)
     top = top_genes(codes, genes, top=20)
-    enrichment = _enrichment(codes, genes, sets)
+    enrichment = feature_enrichment(codes, genes, sets, top=20, max_fdr=0.05)
     assert enrichment["feature"].unique().tolist() == [0] and enrichment["gene_set"].iloc[0] == "PROGRAM_A"
     assert enrichment["overlap"].iloc[0] == 6 and enrichment["universe"].iloc[0] == 200  # <cls> is no gene
     text = _top_sets_text(enrichment)

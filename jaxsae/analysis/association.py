@@ -83,6 +83,15 @@ def auroc(matrix: sp.csr_matrix, labels: np.ndarray, n_labels: int) -> np.ndarra
     return u / (n_in * (n_cells - n_in))
 
 
+def default_label_column(adata) -> str | None:
+    """The first categorical obs column with 2-100 categories (a plausible cell-label column), or None."""
+    for column in adata.obs:
+        values = adata.obs[column]
+        if isinstance(values.dtype, pd.CategoricalDtype) and 2 <= values.nunique() <= 100:
+            return column
+    return None
+
+
 def obs_labels(adata, obs: str) -> tuple[np.ndarray, list]:
     """([n_obs] category codes, -1 for missing; the categories) of the categorical column adata.obs[obs]."""
     if obs not in adata.obs.columns:

@@ -360,25 +360,28 @@ def _shared_genes(f_rows, f_cols, set_matrix, feat, sets, universe_genes) -> np.
 
 
 def resolve_gene_sets(spec) -> tuple[GeneSets | None, bool]:
-    """The gene sets a `gene_sets=` argument (analyze, build_report) names, merged, and whether they were asked
-    for explicitly. spec: "go" (the shipped GO BP sets: used when the genes have symbols, skipped with a note
-    otherwise), a GMT path, a mapping name -> genes, a list of these, or None / [] (no enrichment).
+    """The gene sets a `gene_sets=` argument (analyze, build_report) names, merged (source["from"]: where each
+    part came from), and whether they were asked for explicitly. spec: "go" (the shipped GO BP sets: used
+    when the genes have symbols, skipped with a note otherwise), a GMT path, a mapping name -> genes, a list
+    of these, or None / [] (no enrichment).
     GMT files are parsed here, so a malformed one is refused before any long step."""
     items = list(spec) if isinstance(spec, (list, tuple)) else ([] if spec is None else [spec])
     if not items:
         return None, False
     merged: dict[str, frozenset[str]] = {}
     descriptions: dict[str, str] = {}
+    origins: list[str] = []
     for item in items:
         if isinstance(item, str) and item == "go":
-            sets = go_gene_sets()
+            sets, origin = go_gene_sets(), "GO biological process (shipped with jaxsae)"
         elif isinstance(item, (str, PathLike)):
-            sets = read_gmt(item)
+            sets, origin = read_gmt(item), str(item)
         elif isinstance(item, Mapping):
-            sets = item
+            sets, origin = item, "given as a mapping"
         else:
             raise AnalysisError(f"gene_sets item {item!r}: expected 'go', a GMT path or a mapping name -> genes")
         merged.update(sets)
         descriptions.update(getattr(sets, "descriptions", {}))
+        origins.append(origin)
     required = any(not (isinstance(item, str) and item == "go") for item in items)
-    return GeneSets(merged, descriptions), required
+    return GeneSets(merged, descriptions, source={"from": origins}), required

@@ -14,76 +14,82 @@ from jaxsae.analysis.enrichment import resolve_gene_sets
 from jaxsae.analysis.errors import AnalysisError
 
 
+@dataclasses.dataclass
+class Analysis:
+    """Everything `analyze` writes and `build_report` shows, computed once by `compute`.
+
+    adata: the cells with obsm[f"X_{name}"]; codes: TokenCodes of every store row; genes: the store's gene table
+    (None without genes.tsv); top_genes: None for a cell-level store; promoted: None without a model folder;
+    gene_sets / enrichment: None when not asked for or not possible (see notes); features: feature_table (plus
+    top_enrichments); obs: the label column (None: no association), with associations and best."""
+
+    store: object
+    dictionary: object
+    adata: object
+    codes: object
+    name: str
+    genes: pd.DataFrame | None
+    top_genes: pd.DataFrame | None
+    promoted: pd.DataFrame | None
+    gene_sets: object | None
+    enrichment: pd.DataFrame | None
+    features: pd.DataFrame
+    obs: str | None
+    associations: pd.DataFrame | None
+    best: pd.DataFrame | None
+    notes: list[str]
+
+
 @dataclasses.dataclass(frozen=True)
 class AnalyzeResult:
-    """paths: {output name: path} of every file written; best: best_features' table (None without obs);
-    top_genes: the top_genes table (None for a cell-level store)."""
+    """paths: {output name: path} of every file written; analysis: what was computed (Analysis)."""
 
     paths: dict[str, str]
-    best: pd.DataFrame | None
-    top_genes: pd.DataFrame | None
-    notes: list[str] = dataclasses.field(default_factory=list)
+    analysis: Analysis
+
+    @property
+    def best(self) -> pd.DataFrame | None:
+        return self.analysis.best
+
+    @property
+    def top_genes(self) -> pd.DataFrame | None:
+        return self.analysis.top_genes
 
     def summary(self) -> list[str]:
         """Per label: its best feature, the AUROC and the feature's top genes (what the CLI prints)."""
+        notes = self.analysis.notes
         if self.best is None:
-            return [*self.notes, "no --obs column given: no cell-type association"]
+            return [*notes, "no --obs column given: no cell-type association"]
         from jaxsae.analysis.features import gene_labels
 
         genes = {}
         if self.top_genes is not None and len(self.top_genes):
             named = self.top_genes.assign(name=gene_labels(self.top_genes))
             genes = named.groupby("feature")["name"].agg(lambda names: ", ".join(names.head(5))).to_dict()
-        return [*self.notes, *(f"{row.label}: feature {row.feature} (AUROC {row.auroc:.3f}) top genes: "
+        return [*notes, *(f"{row.label}: feature {row.feature} (AUROC {row.auroc:.3f}) top genes: "
                 f"{genes.get(row.feature, '-')}" for row in self.best.itertuples())]
 
 
-def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, agg: str = "mean",
-            model_dir=None, name: str = "sae", top: int = 10, gene_sets="go", progress: bool = True) -> AnalyzeResult:
-    """Encode `store` with `dictionary` and write the analysis files into `out_dir`:
-    cells.h5ad (obsm[f"X_{name}"]), features.csv, top_genes.csv (token stores), promoted_genes.csv (with
-    model_dir), enrichment.csv (token stores whose gene table has symbols), and with obs: associations.csv,
-    best_features.csv, heatmap.png and expression.csv (genes differentially expressed in the cells where each
-    label's best feature is active, Wilcoxon against the other cells, on the AnnData's own expression).
+def compute(dictionary, store, *, adata=None, obs: str | None = None, agg: str = "mean", model_dir=None,
+            name: str = "sae", top: int = 10, gene_sets="go", progress: bool = True) -> Analysis:
+    """Encode `store` with `dictionary` once and derive every table of the analysis (see Analysis).
 
-    gene_sets: "go" (the shipped human GO biological-process sets; skipped with a note when the store's genes
-    have no symbols), a GMT path, a GeneSets / mapping of symbol sets, a list of these (merged), or None.
-    Every input is checked before the encoding starts (see encode_cells; obs must be a categorical column; GMT
-    files are parsed). Files are written into a hidden folder inside out_dir and moved into place at the end,
-    so a crash leaves no half-written table looking finished.
-    """
-    from jaxsae.analysis.association import obs_labels
-    from jaxsae.analysis.cells import prepare
+    obs: a categorical obs column, None (no association) or "auto" (the first categorical column with 2-100
+    categories, if any). gene_sets: as resolve_gene_sets ("go" is skipped with a note when the store's genes
+    have no symbols or overlap no GO set; explicit sets must work). Every input is checked before the
+    encoding starts (see encode_cells; GMT files are parsed)."""
+    from jaxsae.analysis.association import associate, best_features, default_label_column, obs_labels
+    from jaxsae.analysis.cells import attach_codes, prepare
+    from jaxsae.analysis.encode import encode_store
+    from jaxsae.analysis.features import feature_enrichment, feature_table, top_genes
 
     store, dictionary_obj, adata, provenance = prepare(store, dictionary, adata, agg=agg, name=name)
+    obs = default_label_column(adata) if obs == "auto" else obs
     if obs is not None:
         obs_labels(adata, obs)
     if model_dir is not None and not Path(model_dir).is_dir():
         raise AnalysisError(f"model folder {model_dir} does not exist; pass the folder the store was extracted with")
     sets, sets_required = resolve_gene_sets(gene_sets)
-    final = Path(out_dir)
-    final.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=".partial-", dir=final))
-    try:
-        paths, best, genes_table, notes = _write(store, dictionary_obj, adata, provenance, out, obs=obs, agg=agg,
-                                                 model_dir=model_dir, name=name, top=top, sets=sets,
-                                                 sets_required=sets_required, progress=progress)
-        for key, path in paths.items():  # cells.h5ad last: its presence means the folder is whole
-            os.replace(path, final / Path(path).name)
-            paths[key] = os.fspath(final / Path(path).name)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return AnalyzeResult(paths=paths, best=best, top_genes=genes_table, notes=notes)
-
-
-def _write(store, dictionary_obj, adata, provenance, out: Path, *, obs, agg, model_dir, name, top, sets,
-           sets_required, progress):
-    from jaxsae.analysis.association import associate, best_features, plot_association_heatmap
-    from jaxsae.analysis.cells import attach_codes
-    from jaxsae.analysis.encode import encode_store
-    from jaxsae.analysis.features import feature_enrichment, feature_table, top_genes
-
-    paths: dict[str, str] = {}
     notes: list[str] = []
 
     codes = encode_store(store, dictionary_obj, progress=progress)
@@ -91,14 +97,11 @@ def _write(store, dictionary_obj, adata, provenance, out: Path, *, obs, agg, mod
     genes = _genes(store.path)
     token_store = bool(len(codes.token_id)) and bool((codes.token_id >= 0).any())
     genes_table = top_genes(codes, genes, top=top) if token_store else None
-    if genes_table is not None:
-        paths["top_genes"] = _csv(genes_table, out / "top_genes.csv")
     promoted = None
     if model_dir is not None:
         from extract.heads import promoted_genes
 
         promoted = promoted_genes(model_dir, dictionary_obj, store, top=top)
-        paths["promoted_genes"] = _csv(promoted, out / "promoted_genes.csv")
     enrichment = None
     if sets is not None:
         has_symbols = genes is not None and (genes["symbol"].fillna("") != "").any()
@@ -115,28 +118,67 @@ def _write(store, dictionary_obj, adata, provenance, out: Path, *, obs, agg, mod
                 if sets_required:
                     raise
                 notes.append(f"no gene-set enrichment: no GO set overlaps the store's genes ({e})")
-            else:
-                paths["enrichment"] = _csv(enrichment, out / "enrichment.csv")
     table = feature_table(adata, name=name, codes=codes, genes=genes, promoted=promoted, top=min(top, 5))
     if enrichment is not None:
         best_sets = enrichment.groupby("feature", sort=False).head(3)
         label = best_sets["description"].where(best_sets["description"] != "", best_sets["gene_set"])
         joined = label.groupby(best_sets["feature"].to_numpy(), sort=False).agg("; ".join)
         table["top_enrichments"] = joined.reindex(table.index, fill_value="").to_numpy(dtype=object)
-    paths["features"] = _csv(table, out / "features.csv", index=True)
-    best = None
-    if obs is not None:
-        assoc = associate(adata, obs, name=name)
-        best = best_features(assoc)
-        paths["associations"] = _csv(assoc, out / "associations.csv")
-        paths["best_features"] = _csv(best, out / "best_features.csv")
-        paths["heatmap"] = plot_association_heatmap(assoc, out / "heatmap.png")
-        expression = _expression_of_best(adata, best, name=name, notes=notes)
+    assoc = associate(adata, obs, name=name) if obs is not None else None
+    return Analysis(store=store, dictionary=dictionary_obj, adata=adata, codes=codes, name=name, genes=genes,
+                    top_genes=genes_table, promoted=promoted, gene_sets=sets, enrichment=enrichment, features=table,
+                    obs=obs, associations=assoc, best=best_features(assoc) if assoc is not None else None,
+                    notes=notes)
+
+
+def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, agg: str = "mean",
+            model_dir=None, name: str = "sae", top: int = 10, gene_sets="go", progress: bool = True) -> AnalyzeResult:
+    """Encode `store` with `dictionary` (compute) and write the analysis files into `out_dir`:
+    cells.h5ad (obsm[f"X_{name}"]), features.csv, top_genes.csv (token stores), promoted_genes.csv (with
+    model_dir), enrichment.csv (token stores whose gene table has symbols), and with obs: associations.csv,
+    best_features.csv, heatmap.png and expression.csv (genes differentially expressed in the cells where each
+    label's best feature is active, Wilcoxon against the other cells, on the AnnData's own expression).
+
+    gene_sets: "go" (the shipped human GO biological-process sets; skipped with a note when the store's genes
+    have no symbols), a GMT path, a GeneSets / mapping of symbol sets, a list of these (merged), or None.
+    Every input is checked before the encoding starts. Files are written into a hidden folder inside out_dir
+    and moved into place at the end, so a crash leaves no half-written table looking finished.
+    """
+    analysis = compute(dictionary, store, adata=adata, obs=obs, agg=agg, model_dir=model_dir, name=name, top=top,
+                       gene_sets=gene_sets, progress=progress)
+    final = Path(out_dir)
+    final.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=".partial-", dir=final))
+    try:
+        paths = _write(analysis, out)
+        for key, path in paths.items():  # cells.h5ad last: its presence means the folder is whole
+            os.replace(path, final / Path(path).name)
+            paths[key] = os.fspath(final / Path(path).name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return AnalyzeResult(paths=paths, analysis=analysis)
+
+
+def _write(analysis: Analysis, out: Path) -> dict[str, str]:
+    """Every file of `analysis` into `out`; {output name: path}, cells.h5ad last."""
+    from jaxsae.analysis.association import plot_association_heatmap
+
+    paths: dict[str, str] = {}
+    tables = {"top_genes": analysis.top_genes, "promoted_genes": analysis.promoted, "enrichment": analysis.enrichment}
+    for key, table in tables.items():
+        if table is not None:
+            paths[key] = _csv(table, out / f"{key}.csv")
+    paths["features"] = _csv(analysis.features, out / "features.csv", index=True)
+    if analysis.associations is not None:
+        paths["associations"] = _csv(analysis.associations, out / "associations.csv")
+        paths["best_features"] = _csv(analysis.best, out / "best_features.csv")
+        paths["heatmap"] = plot_association_heatmap(analysis.associations, out / "heatmap.png")
+        expression = _expression_of_best(analysis.adata, analysis.best, name=analysis.name, notes=analysis.notes)
         if expression is not None:
             paths["expression"] = _csv(expression, out / "expression.csv")
-    adata.write_h5ad(out / "cells.h5ad")
-    paths["cells"] = str(out / "cells.h5ad")
-    return paths, best, genes_table, notes
+    analysis.adata.write_h5ad(out / "cells.h5ad")
+    paths["cells"] = os.fspath(out / "cells.h5ad")
+    return paths
 
 
 def _expression_of_best(adata, best: pd.DataFrame, *, name: str, notes: list[str], n_genes: int = 10):

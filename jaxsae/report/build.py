@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from jaxsae.analysis.cells import cells_matrix
-from jaxsae.analysis.enrichment import resolve_gene_sets
 from jaxsae.analysis.errors import AnalysisError
 from jaxsae.report import plots
 from jaxsae.report.html import render_report
@@ -31,15 +29,13 @@ log = logging.getLogger(__name__)
 
 FREQUENT_SHARE = 6
 """One card in FREQUENT_SHARE goes to the most frequently firing features (the rest to the best AUROCs)."""
-ENRICH_GENES = 20
-"""Top genes per feature tested for gene-set over-representation."""
 MAX_FDR = 0.05
 SAE = "sae"
 
 
 def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike, adata=None, *, obs: str | None = None,
                  out: str | os.PathLike | None = None, n_cards: int = 24, model: str | os.PathLike | None = None,
-                 gene_sets="go", member: int = 0) -> Path:
+                 gene_sets="go", member: int = 0, analysis=None) -> Path:
     """Write the report of one dictionary and return its path.
 
     run_or_dictionary: a finished run folder (member `member` of it) or a dictionary folder.
@@ -52,39 +48,28 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     model: the model folder, to add the genes each feature promotes through the model's output head.
     gene_sets: "go" (the shipped human GO biological-process sets), a GMT path, a {name: genes} mapping, a
       list of these, or None for no enrichment (as in jaxsae.analysis.analyze).
+    analysis: the Analysis of this dictionary and store, already computed (`analyze(...).analysis`): reused
+      instead of encoding the store again; store, adata, obs, model and gene_sets are then not used.
     """
-    from jaxsae.analysis.association import associate
-    from jaxsae.analysis.cells import attach_codes, prepare
-    from jaxsae.analysis.encode import encode_store
-    from jaxsae.analysis.features import feature_table, top_genes
-    from jaxsae.store.genes import load_genes
+    from jaxsae.analysis.pipeline import compute
 
     if n_cards < 0:
         raise AnalysisError(f"n_cards={n_cards}: need 0 or more feature cards")
     source = resolve(run_or_dictionary, member)
     out = Path(out) if out is not None else (source.run_dir or source.dictionary_dir) / "report.html"
-    store, _, cells, provenance = prepare(store, source.dictionary, adata, name=SAE)
-    genes = load_genes(store)
-    label_column = _label_column(cells, obs)  # bad inputs are refused before the long steps
-    sets, _ = resolve_gene_sets(gene_sets)
-
-    codes = encode_store(store, source.dictionary, progress=False)
-    attach_codes(cells, codes, name=SAE, provenance=provenance)
-    promoted = None
-    if model is not None:
-        from extract.heads import promoted_genes
-
-        promoted = promoted_genes(model, source.dictionary, store, top=10)
-    table = feature_table(cells, name=SAE, codes=codes, genes=genes, promoted=promoted, top=5)
-    table = table.drop(columns=["top_cells"])  # barcodes: long, and no help in a table of features
-    top = top_genes(codes, genes, top=ENRICH_GENES)
-
+    if analysis is None:
+        analysis = compute(source.dictionary, store, adata=adata, obs="auto" if obs is None else obs,
+                           model_dir=model, name=SAE, gene_sets=gene_sets, progress=False)
+    cells, codes, top, enrichment = analysis.adata, analysis.codes, analysis.top_genes, analysis.enrichment
+    if top is None:
+        raise AnalysisError(f"store {analysis.store.path} is a cell-level store; the report needs the token store "
+                            "the dictionary was trained on (OUT/layer_L/tokens)")
+    table = analysis.features.drop(columns=["top_cells", "top_enrichments"], errors="ignore")  # long; sets below
     best = None
-    if label_column is not None:
-        best = best_label_per_feature(associate(cells, label_column, name=SAE))
+    if analysis.associations is not None:
+        best = best_label_per_feature(analysis.associations)
         table["best_label"] = best["label"].reindex(table.index)
         table["auroc"] = best["auroc"].reindex(table.index)
-    enrichment = _enrichment(codes, genes, sets) if sets is not None else None
     if enrichment is not None and len(enrichment):
         table["top_gene_sets"] = _top_sets_text(enrichment).reindex(table.index)
 
@@ -94,30 +79,19 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     chosen = choose_cards(table, n_cards)
     umap = cell_umap(cells)
     facts = summary(source)
-    facts |= {"store": str(Path(store.path).resolve()), "cells": f"{cells.n_obs:,}",
-              "token rows encoded": f"{codes.codes.shape[0]:,}", "labels": label_column or "(no categorical obs column)",
-              "gene sets": _gene_set_name(gene_sets, sets, enrichment)}
+    facts |= {"store": str(Path(analysis.store.path).resolve()), "cells": f"{cells.n_obs:,}",
+              "token rows encoded": f"{codes.codes.shape[0]:,}",
+              "labels": analysis.obs or "(no categorical obs column)",
+              "gene sets": _gene_set_name(analysis.gene_sets, enrichment, analysis.notes)}
     images = {"training curves (metrics.jsonl)": plots.training_curves(source.records, member=source.member),
               "feature density: log10 of the fraction of cells / tokens on which each feature fires":
                   plots.density_histogram({"cells": table["freq_cells"].to_numpy(),
                                            "tokens": table["freq_tokens"].to_numpy()})}
-    cell_values = cells_matrix(cells, SAE).tocsc()
+    cell_values = cells_matrix(cells, analysis.name).tocsc()
     cards = [_card(f, table, cell_values[:, f].toarray().ravel(), umap, top, enrichment, best) for f in chosen]
     name = source.dictionary_dir.name if source.run_dir is None else f"{source.run_dir.name} / {source.dictionary_dir.name}"
     return render_report(out, title=f"jaxsae report: {name}", summary=facts,
                          images={k: v for k, v in images.items() if v is not None}, features=table, cards=cards)
-
-
-def _label_column(cells, obs: str | None) -> str | None:
-    if obs is not None:
-        if obs not in cells.obs:
-            raise AnalysisError(f"--obs {obs}: no such column in the AnnData (columns: {', '.join(cells.obs)})")
-        return obs
-    for column in cells.obs:
-        values = cells.obs[column]
-        if isinstance(values.dtype, pd.CategoricalDtype) and 2 <= values.nunique() <= 100:
-            return column
-    return None
 
 
 def best_label_per_feature(assoc: pd.DataFrame) -> pd.DataFrame:
@@ -160,18 +134,6 @@ def cell_umap(cells) -> np.ndarray:
     return np.asarray(work.obsm["X_umap"])
 
 
-def _enrichment(codes, genes: pd.DataFrame, sets: Mapping) -> pd.DataFrame | None:
-    """feature_enrichment of each feature's top genes in `sets` (rows at FDR <= MAX_FDR); None when no test
-    could be made (logged: e.g. no gene of the store is in any set — another species, made-up names)."""
-    from jaxsae.analysis.features import feature_enrichment
-
-    try:
-        return feature_enrichment(codes, genes, sets, top=ENRICH_GENES, max_fdr=MAX_FDR)
-    except AnalysisError as e:
-        log.warning("gene-set enrichment skipped: %s", e)
-        return None
-
-
 def _top_sets_text(enrichment: pd.DataFrame, n: int = 3) -> pd.Series:
     """Per feature, its n most significant gene sets as `description (FDR x)` joined by '; '."""
     best = enrichment.sort_values(["feature", "p_value"], kind="stable").groupby("feature").head(n)
@@ -180,15 +142,12 @@ def _top_sets_text(enrichment: pd.DataFrame, n: int = 3) -> pd.Series:
     return text.groupby(best["feature"]).agg("; ".join)
 
 
-def _gene_set_name(gene_sets, sets: Mapping | None, enrichment: pd.DataFrame | None) -> str:
+def _gene_set_name(sets, enrichment: pd.DataFrame | None, notes: list[str]) -> str:
     if sets is None:
         return "none (enrichment not asked for)"
-    items = gene_sets if isinstance(gene_sets, (list, tuple)) else [gene_sets]
-    name = " + ".join("GO biological process (shipped with jaxsae)" if item == "go" else
-                      str(item) if isinstance(item, (str, os.PathLike)) else "given as a mapping" for item in items)
-    found = "no test possible (see the log)" if enrichment is None else \
+    found = "; ".join(notes) if enrichment is None else \
         f"{enrichment['feature'].nunique():,} features with a set at FDR < {MAX_FDR}"
-    return f"{name}: {len(sets):,} sets; {found}"
+    return f"{' + '.join(sets.source.get('from', []))}: {len(sets):,} sets; {found}"
 
 
 def _card(feature: int, table: pd.DataFrame, activation: np.ndarray, umap: np.ndarray, top: pd.DataFrame,
