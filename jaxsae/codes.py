@@ -2,7 +2,8 @@
 
 Per device batch, the dense latents [B, n] come from the same jitted encode as `Dictionary.encode`'s dense
 path (so the two agree bit for bit); a second jitted function keeps each row's `cap + 1` largest latents with
-`lax.top_k` (inference latents are non-negative: every architecture ends in a ReLU). Only [B, cap + 1] values
+`lax.top_k` (which keeps the largest values, so this relies on the architecture contract's guarantee that
+inference latents are non-negative, `Architecture.nonnegative_latents`; the builder refuses others). Only [B, cap + 1] values
 + indices reach the host, which checks that no row overflowed (its (cap + 1)-th value is zero), puts each
 row's columns in order and drops zeros. `cap` is the architecture's bound (`max_active_per_row`, TopK: k) or,
 without one, the previous batch's largest row count rounded up to a power of two; a batch with a row of more
@@ -70,13 +71,18 @@ class SparseCodesBuilder:
     """Encodes rows batch by batch on device and assembles the CSR matrix of their non-zero latents.
 
     latents_fn: x [m, d] float32 (m <= batch_rows) -> [padded_rows(m), n_latents] latents on device.
-    bound: the architecture's most non-zeros per row, or None. Rows may arrive in pieces of any size (`add`):
+    bound: the architecture's most non-zeros per row (`Architecture.max_active_per_row`), or None.
+    nonnegative_latents: the architecture's guarantee that latents are >= 0; False is refused (a negative
+    latent would be lost by the top-k selection). Rows may arrive in pieces of any size (`add`):
     they are regrouped into the same device batches as one `add` of all of them, so the result does not
     depend on how the rows were chunked.
     """
 
     def __init__(self, latents_fn: Callable[[np.ndarray], jax.Array], n_latents: int, batch_rows: int,
-                 bound: int | None):
+                 bound: int | None, *, nonnegative_latents: bool = True):
+        if not nonnegative_latents:
+            raise ValueError("sparse encoding keeps each row's largest latents, so it needs an architecture whose "
+                             "latents are non-negative; encode with sparse=False")
         self._latents_fn = latents_fn
         self.n_latents = n_latents
         self.batch_rows = batch_rows

@@ -20,8 +20,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
-from jaxsae.sae import base as sae_base
-from jaxsae.sae.base import SAEConfig
+from jaxsae.sae.base import Axes, SAEConfig, build, check_hparams, hparam_fields, hparams_as_arrays
+from jaxsae.sae.fold import fold_input_scale
 
 FORMAT = "jaxsae.dictionary"
 FORMAT_VERSION = 1
@@ -43,17 +43,14 @@ def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str
     """Write one member's dictionary (params in NORMALISED units, folded here) atomically to `path`.
 
     params: per-member arrays (W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d], extras).
-    buffers: inference state kept with the weights (e.g. the BatchTopK threshold); training counters dropped.
+    buffers: the architecture's buffers, kept with the weights (e.g. the BatchTopK threshold).
     scale: the input normalisation used in training (x_normalised = scale * x).
     """
-    from jaxsae.sae.fold import fold_input_scale
-
     path = os.fspath(path)
-    folded = fold_input_scale({k: np.asarray(v) for k, v in params.items()}, sae.architecture, scale)
+    folded = fold_input_scale({k: np.asarray(v) for k, v in params.items()}, sae, scale)
     tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in folded.items()}
     for k, v in buffers.items():
-        if k != "rows_since_fired":
-            tensors[BUFFER_PREFIX + k] = np.ascontiguousarray(np.asarray(v, np.float32))
+        tensors[BUFFER_PREFIX + k] = np.ascontiguousarray(np.asarray(v, np.float32))
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "architecture": sae.architecture, "d_model": sae.d_model, "n_latents": sae.n_latents,
@@ -123,10 +120,13 @@ class Dictionary:
                             {k: jnp.asarray(v) for k, v in self.buffers.items()}, self._hp())
         return self._device
 
-    def _hp(self) -> dict[str, jax.Array]:
-        arch = sae_base.get(self.sae.architecture)
-        hp = {**arch.hparam_defaults, **{k: v for k, v in self.hparams.items() if k in arch.hparam_defaults}}
-        return sae_base.hparams_as_arrays(arch, hp, jnp)
+    def _hp(self):
+        """The architecture's hyperparameter NamedTuple of scalar arrays (saved values over its defaults; lr and
+        seed, saved too, are training settings and left out)."""
+        arch = build(self.sae)
+        fields = hparam_fields(arch.hparams)
+        hp = check_hparams(arch, self.sae, {k: v for k, v in self.hparams.items() if k in fields}, "hparams")
+        return jax.tree.map(lambda v: v[0], hparams_as_arrays(arch, [hp], jnp))
 
     def encode(self, x, *, sparse: bool | None = None, batch_rows: int | None = None):
         """x: [B, d] raw activations -> [B, n] float32 latents (inference mode).
@@ -154,9 +154,10 @@ class Dictionary:
         """A builder that takes checked [m, d] float32 rows in pieces (`add`) and returns their CSR latents
         (`result`), batched exactly as `encode(all_rows, sparse=True)` would be."""
         batch_rows = self._batch_rows(batch_rows)
-        bound = getattr(sae_base.get(self.sae.architecture), "max_active_per_row", None)
+        arch = build(self.sae)
         return SparseCodesBuilder(functools.partial(self._latents_on_device, batch_rows=batch_rows),
-                                  self.n_latents, batch_rows, None if bound is None else bound(self.sae))
+                                  self.n_latents, batch_rows, arch.max_active_per_row,
+                                  nonnegative_latents=arch.nonnegative_latents)
 
     def _batch_rows(self, batch_rows: int | None) -> int:
         if batch_rows is None:
@@ -209,14 +210,14 @@ def _enclosing_run(path: str) -> str | None:
 
 @functools.lru_cache(maxsize=16)
 def _encode_fn(sae: SAEConfig):
-    arch = sae_base.get(sae.architecture)
-    return jax.jit(lambda p, b, x, hp: arch.encode(p, b, x, hp, sae, sae_base.Axes()))
+    arch = build(sae)
+    return jax.jit(lambda p, b, x, hp: arch.encode(p, b, x, hp, Axes()))
 
 
 @functools.lru_cache(maxsize=16)
 def _decode_fn(sae: SAEConfig):
-    arch = sae_base.get(sae.architecture)
-    return jax.jit(lambda p, f: arch.decode(p, f, sae, sae_base.Axes()))
+    arch = build(sae)
+    return jax.jit(lambda p, f: arch.decode(p, f, Axes()))
 
 
 def load(path: str | os.PathLike) -> Dictionary:
@@ -251,7 +252,7 @@ def load(path: str | os.PathLike) -> Dictionary:
     tensors = load_file(weights_path)
     params = {k: v for k, v in tensors.items() if not k.startswith(BUFFER_PREFIX)}
     # Buffers keep the shapes the architecture gives them (safetensors stores scalars as [1]).
-    buffer_shapes = {k: v.shape for k, v in jax.eval_shape(lambda: sae_base.get(sae.architecture).init_buffers(sae)).items()}
+    buffer_shapes = {k: v.shape for k, v in jax.eval_shape(build(sae).init_buffers).items()}
     buffers = {k[len(BUFFER_PREFIX):]: v for k, v in tensors.items() if k.startswith(BUFFER_PREFIX)}
     buffers = {k: v.reshape(buffer_shapes[k]) if k in buffer_shapes else v for k, v in buffers.items()}
     for name, shape in (("W_enc", (sae.d_model, sae.n_latents)), ("W_dec", (sae.n_latents, sae.d_model))):

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsae.sae import ARCHITECTURES
-from jaxsae.sae.base import ConfigError, SAEConfig
+from jaxsae.sae import builtin_names
+from jaxsae.sae.base import ConfigError, SAEConfig, build
 from jaxsae.train import mesh as mesh_lib
-from jaxsae.train.config import MeshConfig, make_config
-from jaxsae.train.step import hparam_arrays, init_state, make_train_step
+from jaxsae.train.config import MeshConfig, OptimConfig
+from jaxsae.train.optim import make_optimizer
+from jaxsae.train.state import MemberSettings, init_state
+from jaxsae.train.step import make_train_step
+
+ARCHITECTURES = builtin_names()
 
 D, N, B, STEPS = 16, 64, 64, 20
 MESHES = [(8, 1, 1), (2, 1, 4), (1, 1, 8), (2, 2, 2)]
@@ -24,28 +28,29 @@ FAST = {"topk": (2, 2, 2), "batchtopk": (1, 1, 8), "relu": (8, 1, 1), "jumprelu"
         "matryoshka": (2, 2, 2)}
 
 
-def _config(arch: str, shape: tuple[int, int, int], **sae):
-    return make_config({
-        "sae": {"architecture": arch, "d_model": D, "n_latents": N, "k": 4, "dead_after_rows": 4 * B, **sae},
-        "data": {"store": "in-memory", "batch_rows": B}, "steps": STEPS,
-        "members": [{"seed": 0}, {"seed": 3, "lr": 3e-3}],  # E = 2 (so the (2, 2, 2) mesh splits members)
-        "mesh": dict(zip(("data", "ens", "latent"), shape)), "optim": {"lr": 1e-2, "warmup_steps": 2},
-    })
+def _step_parts(sae: SAEConfig, shape: tuple[int, int, int], lrs=(1e-2, 3e-3), seeds=(0, 3), steps=STEPS):
+    """(arch, mesh, fresh state, jitted step, member settings on the mesh) for E = len(lrs) members (E = 2:
+    the (2, 2, 2) mesh splits members) on the first prod(shape) devices."""
+    arch = build(sae)
+    tx = make_optimizer(OptimConfig(warmup_steps=2), steps, arch, mesh_lib.MESH_AXES.latent)
+    mesh = mesh_lib.make_mesh(MeshConfig(*shape), jax.devices()[: int(np.prod(shape))])
+    b_dec = np.random.default_rng(0).standard_normal(sae.d_model).astype(np.float32) * 0.1
+    state = init_state(arch, tx, mesh, np.asarray(seeds, np.uint32), b_dec, 1.0)
+    step = make_train_step(arch, tx, mesh, dead_after_rows=sae.dead_after_rows)
+    hp = arch.default_hparams
+    settings = MemberSettings(arch.hparams(*(np.full(len(lrs), v) for v in hp)), np.asarray(lrs, np.float32))
+    return arch, mesh, state, step, jax.device_put(settings, NamedSharding(mesh, P("ens")))
 
 
 def _train_in_memory(arch: str, shape: tuple[int, int, int]) -> dict:
     """STEPS real train steps on the first prod(shape) devices; in-memory batches identical for every mesh."""
-    cfg = _config(arch, shape)
-    mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[: int(np.prod(shape))])
+    sae = SAEConfig(architecture=arch, d_model=D, n_latents=N, k=4, dead_after_rows=4 * B)
+    _, mesh, state, step, settings = _step_parts(sae, shape)
     rng = np.random.default_rng(0)
-    b_dec = rng.standard_normal(D).astype(np.float32) * 0.1
-    state = init_state(cfg, mesh, b_dec, 1.0)
-    step = make_train_step(cfg, mesh, state)
-    hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
     batch_sharding = NamedSharding(mesh, P("data", None))
     for _ in range(STEPS):
         x = rng.standard_normal((B, D)).astype(np.float32) + 0.3
-        state, _ = step(state, jax.device_put(x, batch_sharding), hp)
+        state, _ = step(state, jax.device_put(x, batch_sharding), settings)
     return jax.device_get({"params": state.params, "buffers": state.buffers})
 
 
@@ -95,23 +100,16 @@ def _all_gather_shapes(hlo: str) -> list[tuple[int, ...]]:
 @pytest.mark.parametrize("shape", [(1, 1, 8), pytest.param((2, 1, 4), marks=pytest.mark.slow)])
 def test_latent_sharded_topk_step_gathers_no_activations_or_weights(shape):
     n, d, b = 512, 24, 48  # sizes that cannot be confused with any candidate array's
-    cfg = make_config({
-        "sae": {"architecture": "topk", "d_model": d, "n_latents": n, "k": 4, "k_aux": 8, "dead_after_rows": 1},
-        "data": {"store": "in-memory", "batch_rows": b}, "steps": 10,
-        "mesh": dict(zip(("data", "ens", "latent"), shape)),
-    })
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    state = init_state(cfg, mesh, np.zeros(d, np.float32), 1.0)
-    step = make_train_step(cfg, mesh, state)
-    hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
+    sae = SAEConfig(architecture="topk", d_model=d, n_latents=n, k=4, k_aux=8, dead_after_rows=1)
+    _, mesh, state, step, settings = _step_parts(sae, shape, lrs=(4e-4,), seeds=(0,), steps=10)
     x = jax.device_put(np.zeros((b, d), np.float32), NamedSharding(mesh, P("data", None)))
-    hlo = step.lower(state, x, hp).compile().as_text()
+    hlo = step.lower(state, x, settings).compile().as_text()
     gathered = _all_gather_shapes(hlo)
     assert gathered, "the latent-sharded step must merge top-k candidates with an all-gather"
     for dims in gathered:
         assert n not in dims, f"all-gather of a full latent axis (shape {dims}) in the latent-sharded TopK step"
     local_rows = b // shape[0]
-    candidates = {(1, local_rows, cfg.sae.k * shape[2]), (1, local_rows, cfg.sae.aux_k * shape[2])}  # [E, B, K]
+    candidates = {(1, local_rows, sae.k * shape[2]), (1, local_rows, sae.aux_k * shape[2])}  # [E, B, K]
     assert set(gathered) <= candidates, f"all-gathers other than top-k candidates: {set(gathered) - candidates}"
 
 

@@ -1,17 +1,27 @@
-"""The contract every SAE architecture implements: static config, per-member hyperparameters, loss output."""
+"""The architecture contract: static config, the typed bundle every architecture's constructor returns, its
+hyperparameter validation, and the registry (`get`, `register`) that finds architectures by name.
+
+An architecture is one module `jaxsae/sae/<name>.py` exporting ONE constructor named `<name>`:
+`<name>(cfg: SAEConfig) -> Architecture` (optax-style: it closes over the static config and returns pure
+functions plus the metadata everything else derives from). Architectures defined elsewhere are added with
+`register(name, constructor)`; the trainer, the saved dictionaries and `jaxsae.load` then work with them unchanged.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Protocol
+import difflib
+import importlib
+import pkgutil
+import typing
+from typing import Any, Annotated, Callable, Literal, Mapping, NamedTuple
 
 import jax
 
 Params = dict[str, jax.Array]
 Buffers = dict[str, jax.Array]
-HParams = dict[str, jax.Array]
-
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+HParams = Any  # an architecture's hyperparameter NamedTuple (scalars for one member, [E] arrays for a stack)
+Layout = Mapping[str, int | None]  # leaf name -> the axis (of one member's leaf) that indexes latents, or None
 
 
 class ConfigError(ValueError):
@@ -29,11 +39,197 @@ class Axes(NamedTuple):
     latent: str | None = None
 
 
+class Range(NamedTuple):
+    """The allowed values of one hyperparameter (metadata of its `Annotated` field): low <= value <= high.
+    `high` may name an `SAEConfig` field whose value is the bound (e.g. "k": a member's k <= sae.k)."""
+
+    low: float | None = None
+    high: float | str | None = None
+
+
+class LossContext(NamedTuple):
+    """What a training loss needs besides params, buffers, rows and hyperparameters (one member).
+
+    axes:     mesh axes the loss runs under.
+    step:     [] int32 optimizer steps taken (penalty warmups).
+    with_aux: AuxK architectures: compute the AuxK term (static; the trainer switches it on while latents are
+              dead). Others ignore it.
+    dead:     [n_local] bool latents that have not fired for `sae.dead_after_rows` rows (AuxK's candidates).
+    """
+
+    axes: Axes
+    step: jax.Array
+    with_aux: bool
+    dead: jax.Array
+
+
+class LossOut(NamedTuple):
+    """What an architecture's `loss` returns next to the scalar loss (per member, local latent shard).
+
+    terms:        named scalar loss terms (already weighted as they enter the loss), keys exactly the
+                  architecture's `loss_terms` (a term that is off this step is 0).
+    x_hat:        [B, d] reconstruction of the (normalised) input rows, local data shard.
+    fire_count:   [n_local] float32, how many rows of the GLOBAL batch each latent fired on (psum over data).
+    l0:           [] mean number of active latents per row over the global batch.
+    buffers:      the architecture's non-trained state after this step (e.g. BatchTopK threshold EMA).
+    """
+
+    terms: dict[str, jax.Array]
+    x_hat: jax.Array
+    fire_count: jax.Array
+    l0: jax.Array
+    buffers: Buffers
+
+
+class Architecture(NamedTuple):
+    """One architecture for one static `SAEConfig`: pure functions on ONE member (no E axis; the trainer vmaps
+    them) plus the metadata the trainer, the mesh, the saved dictionaries and sparse encoding derive from.
+    Inside shard_map, params hold the local latent slice.
+
+    init(key, b_dec [d]) -> Params                      global shapes; W_dec [n, d] rows are the dictionary
+    init_buffers() -> Buffers                           global shapes; non-trained state kept with the weights
+    encode(params, buffers, x [B, d], hp, axes) -> [B, n_local] inference latents, NON-NEGATIVE (see below)
+    decode(params, latents [B, n_local], axes) -> [B, d]
+    loss(params, buffers, x [B, d], hp, ctx: LossContext) -> (loss [], LossOut)
+    fold_input_scale(params, scale) -> params           params trained on x_n = scale * x -> params for raw x
+                                                        (any leading member axes; scale scalar or [E])
+    hparams:          the hyperparameter NamedTuple class: fields with defaults, `Annotated[int | float, Range]`
+    default_hparams:  an instance with this config's defaults (e.g. k = sae.k)
+    param_layout / buffer_layout: every parameter / buffer name -> its latent axis (per member) or None
+    uses_auxk:        the trainer computes AuxK (ctx.with_aux) while any latent is dead
+    decoder_constraint: "unit_norm_rows" (W_dec rows kept on the unit sphere) or "none"
+    max_active_per_row: a bound on a row's non-zero inference latents (TopK: k), None if threshold-based
+    loss_terms:       the names of LossOut.terms
+    Guarantee relied on by `jaxsae.codes`: inference latents are >= 0 (every built-in ends in a ReLU);
+    `nonnegative_latents=False` makes sparse encoding refuse the architecture instead of dropping values.
+    """
+
+    name: str
+    init: Callable[..., Params]
+    init_buffers: Callable[[], Buffers]
+    encode: Callable[..., jax.Array]
+    decode: Callable[..., jax.Array]
+    loss: Callable[..., tuple[jax.Array, LossOut]]
+    fold_input_scale: Callable[..., Params]
+    hparams: type
+    default_hparams: Any
+    param_layout: Layout
+    buffer_layout: Layout
+    uses_auxk: bool
+    decoder_constraint: Literal["unit_norm_rows", "none"]
+    max_active_per_row: int | None
+    loss_terms: tuple[str, ...]
+    nonnegative_latents: bool = True
+
+
+Constructor = Callable[["SAEConfig"], Architecture]
+_REGISTERED: dict[str, Constructor] = {}
+
+
+def builtin_names() -> tuple[str, ...]:
+    """The architectures shipped in this package: modules of jaxsae.sae defining a constructor of their name."""
+    import jaxsae.sae as package
+
+    names = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and _builtin(info.name) is not None:
+            names.append(info.name)
+    return tuple(sorted(names))
+
+
+def _builtin(name: str) -> Constructor | None:
+    if not name.isidentifier() or name.startswith("_"):
+        return None
+    try:
+        module = importlib.import_module(f"jaxsae.sae.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"jaxsae.sae.{name}":
+            return None
+        raise
+    constructor = getattr(module, name, None)
+    return constructor if callable(constructor) and getattr(module, "__all__", None) == [name] else None
+
+
+def known_names() -> tuple[str, ...]:
+    return tuple(sorted(set(builtin_names()) | set(_REGISTERED)))
+
+
+def get(name: str) -> Constructor:
+    """The constructor of architecture `name`: registered ones first, then `jaxsae.sae.<name>.<name>`."""
+    constructor = _REGISTERED.get(name) or _builtin(name)
+    if constructor is None:
+        raise ConfigError(
+            f"sae.architecture: unknown architecture {name!r}; choose one of {', '.join(known_names())} "
+            f"(or register one with jaxsae.sae.register)"
+        )
+    return constructor
+
+
+def register(name: str, constructor: Constructor) -> None:
+    """Make `constructor(cfg) -> Architecture` available as `sae.architecture=name` (to training, saving and
+    `jaxsae.load` in this process). Built-in names cannot be replaced; registering a name again replaces it."""
+    if not name.isidentifier():
+        raise ConfigError(f"register: architecture names are identifiers, got {name!r}")
+    if _builtin(name) is not None:
+        raise ConfigError(f"register: {name!r} is a built-in architecture; choose another name")
+    _REGISTERED[name] = constructor
+
+
+def build(cfg: SAEConfig) -> Architecture:
+    """The architecture bundle for `cfg` (validates the architecture-specific settings)."""
+    return get(cfg.architecture)(cfg)
+
+
+def hparam_fields(cls: type) -> dict[str, tuple[type, Range]]:
+    """{field: (int or float, Range)} of a hyperparameter NamedTuple class, from its annotations."""
+    fields = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+        bounds = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)), Range())
+        if base not in (int, float):
+            raise TypeError(f"{cls.__name__}.{name}: hyperparameters are int or float, got {base}")
+        fields[name] = (base, bounds)
+    return fields
+
+
+def check_hparams(arch: Architecture, cfg: SAEConfig, values: Mapping[str, Any], where: str) -> Any:
+    """`arch.default_hparams` with `values` applied, each checked: a known field, an integer where the field is
+    int, within its Range. `where` prefixes messages ("hparams" or "members[2]")."""
+    fields = hparam_fields(arch.hparams)
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f"did you mean {where}.{close[0]}? " if close else ""
+            raise ConfigError(f"{where}.{key}: not a hyperparameter of {arch.name}; {hint}"
+                              f"allowed: {', '.join(sorted(fields))}")
+        kind, bounds = fields[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                kind is int and not float(value).is_integer()):
+            raise ConfigError(f"{where}.{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        high = getattr(cfg, bounds.high) if isinstance(bounds.high, str) else bounds.high
+        if (bounds.low is not None and value < bounds.low) or (high is not None and value > high):
+            shown = f"[{bounds.low if bounds.low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            why = f" (sae.{bounds.high}; raise it)" if isinstance(bounds.high, str) else ""
+            raise ConfigError(f"{where}.{key}: must be in {shown}{why}, got {value}")
+        out[key] = kind(value)
+    return arch.default_hparams._replace(**out)
+
+
+def hparams_as_arrays(arch: Architecture, rows: list, xp: Any) -> Any:
+    """E hyperparameter NamedTuples -> one NamedTuple of [E] arrays of `xp` (numpy or jax.numpy), int32 or
+    float32 per field as annotated."""
+    fields = hparam_fields(arch.hparams)
+    return arch.hparams(**{name: xp.asarray([getattr(r, name) for r in rows],
+                                            xp.int32 if kind is int else xp.float32)
+                           for name, (kind, _) in fields.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
     """Static (shape-determining) settings of one pack of SAE members; identical across the members.
 
-    architecture: one of ARCHITECTURES.
+    architecture: a built-in (`jaxsae.sae.builtin_names()`) or registered architecture.
     d_model:      width of the input activations.
     n_latents:    dictionary size (global, unsharded).
     k:            top-k family: the largest k of any member (members with smaller k are masked).
@@ -65,31 +261,17 @@ class SAEConfig:
     sparse_decode: bool = True
 
     def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"sae.architecture: unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
-            )
         if self.d_model < 1:
             raise ConfigError(f"sae.d_model: must be >= 1, got {self.d_model}")
         if self.n_latents < 1:
             raise ConfigError(f"sae.n_latents: must be >= 1, got {self.n_latents}")
-        if self.architecture in ("topk", "batchtopk", "matryoshka") and not 1 <= self.k <= self.n_latents:
-            raise ConfigError(
-                f"sae.k: must be between 1 and n_latents={self.n_latents}, got {self.k}; lower k or raise n_latents"
-            )
         if self.dead_after_rows < 1:
             raise ConfigError(f"sae.dead_after_rows: must be >= 1, got {self.dead_after_rows}")
         if self.jumprelu_penalty not in ("l0", "tanh"):
             raise ConfigError(f"sae.jumprelu_penalty: must be 'l0' or 'tanh', got {self.jumprelu_penalty!r}")
         if self.batchtopk_row_cap < 1:
             raise ConfigError(f"sae.batchtopk_row_cap: must be >= 1, got {self.batchtopk_row_cap}")
-        prefixes = self.prefixes
-        if self.architecture == "matryoshka":
-            if list(prefixes) != sorted(set(prefixes)) or prefixes[-1] != self.n_latents or prefixes[0] < 1:
-                raise ConfigError(
-                    f"sae.matryoshka_prefixes: must be strictly ascending, >= 1, and end at n_latents="
-                    f"{self.n_latents}; got {list(prefixes)}"
-                )
+        build(self)  # an unknown architecture, or settings it refuses (e.g. k > n_latents), fail here
 
     @property
     def aux_k(self) -> int:
@@ -105,65 +287,9 @@ class SAEConfig:
         return tuple(sorted(sizes))
 
 
-class LossOut(NamedTuple):
-    """What an architecture's `loss` returns next to the scalar loss (per member, local latent shard).
-
-    terms:        named scalar loss terms (already weighted as they enter the loss), e.g. {"mse": ., "l1": .}.
-    x_hat:        [B, d] reconstruction of the (normalised) input rows, local data shard.
-    fire_count:   [n_local] float32, how many rows of the GLOBAL batch each latent fired on (psum over data).
-    l0:           [] mean number of active latents per row over the global batch.
-    buffers:      the architecture's non-trained state after this step (e.g. BatchTopK threshold EMA).
-    """
-
-    terms: dict[str, jax.Array]
-    x_hat: jax.Array
-    fire_count: jax.Array
-    l0: jax.Array
-    buffers: Buffers
-
-
-class Architecture(Protocol):
-    """Module-level functions every `jaxsae/sae/<name>.py` defines. All act on ONE member (no E axis);
-    the trainer vmaps them over members. Inside shard_map, params hold the local latent slice.
-
-    constrained_decoder: bool — keep decoder rows unit norm (grad parallel component removed, then renormed).
-    hparam_defaults: dict[str, float] — the per-member hyperparameters this architecture reads from `hp`.
-    init(key, cfg, b_dec) -> Params                 (global shapes; b_dec: [d] initial decoder bias)
-    init_buffers(cfg) -> Buffers                     (global shapes; "rows_since_fired" is added by the trainer)
-    loss(params, buffers, x, hp, cfg, axes, step, with_aux) -> (loss, LossOut)
-    encode(params, buffers, x, hp, cfg, axes) -> [B, n_local] latents (inference)
-    decode(params, latents, cfg, axes) -> [B, d]
-    Optional: max_active_per_row(cfg) -> int — a bound on the non-zero inference latents of any row (TopK: k);
-    architectures without one (threshold-based) leave it out and sparse encoding measures each chunk.
-    """
-
-    constrained_decoder: bool
-    hparam_defaults: dict[str, float]
-
-    def init(self, key: jax.Array, cfg: SAEConfig, b_dec: jax.Array) -> Params: ...
-    def init_buffers(self, cfg: SAEConfig) -> Buffers: ...
-    def loss(self, params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes,
-             step: jax.Array, with_aux: bool) -> tuple[jax.Array, LossOut]: ...
-    def encode(self, params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig,
-               axes: Axes) -> jax.Array: ...
-    def decode(self, params: Params, latents: jax.Array, cfg: SAEConfig, axes: Axes) -> jax.Array: ...
-
-
-def hparam_is_int(arch: Any, name: str) -> bool:
-    """Integer hyperparameters (k, warmup steps) are those whose architecture default is an int."""
-    default = arch.hparam_defaults.get(name)
-    return isinstance(default, int) and not isinstance(default, bool)
-
-
-def hparams_as_arrays(arch: Any, values: dict[str, Any], xp: Any) -> dict[str, Any]:
-    """`values` (scalars or [E] lists) as arrays of `xp` (numpy or jax.numpy): int32 or float32 per name."""
-    return {k: xp.asarray(v, xp.int32 if hparam_is_int(arch, k) else xp.float32) for k, v in values.items()}
-
-
-def get(name: str) -> Any:
-    """The architecture module for `name`."""
-    import importlib
-
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"sae.architecture: unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return importlib.import_module(f"jaxsae.sae.{name}")
+def check_k(cfg: SAEConfig) -> None:
+    """The top-k family's static check: 1 <= sae.k <= n_latents."""
+    if not 1 <= cfg.k <= cfg.n_latents:
+        raise ConfigError(
+            f"sae.k: must be between 1 and n_latents={cfg.n_latents}, got {cfg.k}; lower k or raise n_latents"
+        )

@@ -10,10 +10,6 @@ def psum(x, axis: str | None):
     return x if axis is None else jax.lax.psum(x, axis)
 
 
-def pmax(x, axis: str | None):
-    return x if axis is None else jax.lax.pmax(x, axis)
-
-
 def all_gather(x, axis: str | None, *, gather_axis: int = 0, tiled: bool = True):
     """Concatenate the shards of `x` along `gather_axis` (tiled) across mesh axis `axis`."""
     return x if axis is None else jax.lax.all_gather(x, axis, axis=gather_axis, tiled=tiled)

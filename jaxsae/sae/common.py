@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sae.base import Axes, Params, SAEConfig
+from jaxsae.sae.base import Axes, Params
 from jaxsae.sae.collectives import axis_size, psum
 
 
@@ -55,9 +55,8 @@ def total_variance(x: jax.Array, axes: Axes) -> jax.Array:
     return psum(jnp.sum(jnp.square(x - mean[None, :])), axes.data)
 
 
-def decode(params: Params, latents: jax.Array, cfg: SAEConfig, axes: Axes) -> jax.Array:
+def decode(params: Params, latents: jax.Array, axes: Axes) -> jax.Array:
     """Dense decode: latents [B, n_local] -> x_hat [B, d] = sum over all latent shards of f @ W_dec, + b_dec."""
-    del cfg
     return psum(latents @ params["W_dec"], axes.latent) + params["b_dec"][None, :]
 
 
@@ -89,7 +88,7 @@ def warmup(step: jax.Array, warmup_steps: jax.Array) -> jax.Array:
     return jnp.where(warmup_steps > 0, ramp, 1.0)
 
 
-def member_k(hp_k: jax.Array, cfg: SAEConfig) -> jax.Array:
-    """A member's k as int32: hp["k"] if >= 1 (capped at cfg.k, the static slot count), else cfg.k."""
+def member_k(hp_k: jax.Array, k_slots: int) -> jax.Array:
+    """A member's k as int32: hp.k if >= 1 (capped at k_slots = sae.k, the static slot count), else k_slots."""
     k = jnp.round(jnp.asarray(hp_k)).astype(jnp.int32)
-    return jnp.where(k >= 1, jnp.minimum(k, cfg.k), cfg.k)
+    return jnp.where(k >= 1, jnp.minimum(k, k_slots), k_slots)

@@ -1,48 +1,49 @@
 """Fold the input normalisation x_n = scale * x into saved weights, so the dictionary runs on raw activations.
 
-For every architecture here the encoder sees (x_n - b_dec) W_enc = (x - b_dec / scale) (scale W_enc), and
+For the linear-encoder architectures here the encoder sees (x_n - b_dec) W = (x - b_dec / scale) (scale W), and
 x_hat_raw = x_hat_n / scale = f (W_dec / scale) + b_dec / scale. So, with the latents f unchanged:
-    W_enc <- scale * W_enc        (Gated: W_gate; W_mag = W_gate exp(r_mag) follows, r_mag unchanged)
+    W <- scale * W                for each encoder matrix W (W_enc; Gated: W_gate = W_enc, W_mag follows)
     W_dec <- W_dec / scale,  b_dec <- b_dec / scale
-    b_enc, threshold (JumpReLU), b_gate, r_mag, b_mag, and buffers (BatchTopK's threshold) unchanged.
+    biases, thresholds and buffers unchanged.
 Latents, thresholds and k keep their meaning; decoder rows then have norm 1 / scale instead of 1.
+Each architecture says how scaling folds into it (`Architecture.fold_input_scale`); `linear_fold` builds it for
+the common case.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from jaxsae.sae.base import ARCHITECTURES, ConfigError
-
-_EXPECTED = {
-    "relu": {"W_enc", "b_enc", "W_dec", "b_dec"},
-    "topk": {"W_enc", "b_enc", "W_dec", "b_dec"},
-    "batchtopk": {"W_enc", "b_enc", "W_dec", "b_dec"},
-    "matryoshka": {"W_enc", "b_enc", "W_dec", "b_dec"},
-    "jumprelu": {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"},
-    "gated": {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"},
-}
+from jaxsae.sae.base import SAEConfig, build
 
 
-def fold_input_scale(params: dict[str, Any], arch_name: str, scale: Any) -> dict[str, Any]:
-    """params (numpy or JAX arrays, any leading ensemble axes) trained on x_n = scale * x -> params for raw x.
+def _per_member(value: Any, trailing_dims: int) -> Any:
+    return value.reshape(value.shape + (1,) * trailing_dims) if getattr(value, "ndim", 0) else value
 
-    scale: a positive scalar, or one per member broadcastable against the leading axes (shape [E] for a stack).
+
+def linear_fold(encoder_matrices: tuple[str, ...] = ("W_enc",)) -> Callable[[dict, Any], dict]:
+    """fold(params, scale) for an encoder (x - b_dec) W + ... and a decoder f W_dec + b_dec.
+
+    params: numpy or JAX arrays, any leading ensemble axes; scale: a positive scalar, or one per member
+    broadcastable against the leading axes (shape [E] for a stack).
     """
-    if arch_name not in _EXPECTED:
-        raise ConfigError(
-            f"fold_input_scale: unknown architecture {arch_name!r}; choose one of {', '.join(ARCHITECTURES)}"
-        )
-    if set(params) != _EXPECTED[arch_name]:
+
+    def fold(params: dict, scale: Any) -> dict:
+        folded = dict(params)
+        for name in encoder_matrices:
+            folded[name] = params[name] * _per_member(scale, 2)
+        folded["W_dec"] = params["W_dec"] / _per_member(scale, 2)
+        folded["b_dec"] = params["b_dec"] / _per_member(scale, 1)
+        return folded
+
+    return fold
+
+
+def fold_input_scale(params: dict[str, Any], sae: SAEConfig, scale: Any) -> dict[str, Any]:
+    """params trained on x_n = scale * x -> params for raw x, as the architecture of `sae` folds them."""
+    arch = build(sae)
+    if set(params) != set(arch.param_layout):
         raise ValueError(
-            f"fold_input_scale: {arch_name} parameters should be {sorted(_EXPECTED[arch_name])}, got {sorted(params)}"
+            f"fold_input_scale: {arch.name} parameters should be {sorted(arch.param_layout)}, got {sorted(params)}"
         )
-
-    def per_member(value, trailing_dims):
-        return value.reshape(value.shape + (1,) * trailing_dims) if getattr(value, "ndim", 0) else value
-
-    folded = dict(params)
-    folded["W_enc"] = params["W_enc"] * per_member(scale, 2)
-    folded["W_dec"] = params["W_dec"] / per_member(scale, 2)
-    folded["b_dec"] = params["b_dec"] / per_member(scale, 1)
-    return folded
+    return arch.fold_input_scale(params, scale)

@@ -20,6 +20,10 @@ def decoder_row_norm(cfg: SAEConfig, default: float) -> float:
     return default if cfg.decoder_init_norm is None else float(cfg.decoder_init_norm)
 
 
+# Latent axis of each parameter `tied` makes (per member): W_enc [d, n] columns, b_enc [n], W_dec [n, d] rows.
+TIED_LAYOUT = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "b_dec": None}
+
+
 def tied(key: jax.Array, cfg: SAEConfig, b_dec: jax.Array, row_norm: float) -> Params:
     """The common start: W_dec rows random directions of norm `row_norm`, W_enc = W_dec^T, b_enc = 0.
 

@@ -8,9 +8,9 @@ Sparse Autoencoders", arXiv:2407.14435), with the options of Anthropic's "Circui
     loss  = mean_rows ||x - x_hat||^2 + lambda(t) mean_rows P(f)
     P     = sum_i H(z_i - theta_i)                          cfg.jumprelu_penalty == "l0"  (paper)
           = sum_i tanh(c f_i ||W_dec,i||)                   cfg.jumprelu_penalty == "tanh" (Anthropic 2025)
-    lambda(t) = hp["l0_coeff"] * min(1, step / hp["l0_warmup_steps"])
+    lambda(t) = hp.l0_coeff * min(1, step / hp.l0_warmup_steps)
 
-Pseudo-derivatives (paper eq. 11-12), rectangle kernel K(u) = 1[|u| < 1/2], bandwidth eps = hp["bandwidth"]:
+Pseudo-derivatives (paper eq. 11-12), rectangle kernel K(u) = 1[|u| < 1/2], bandwidth eps = hp.bandwidth:
     d f / d theta = -(theta / eps) K((z - theta) / eps),   d H(z - theta) / d theta = -(1 / eps) K((z - theta) / eps),
 and d H / d z = 0, unless cfg.jumprelu_ste_to_input, where d H / d z = +(1 / eps) K((z - theta) / eps).
 ReLU(z) in f (as in Gemma Scope's reference encoder) only matters if theta goes negative.
@@ -21,25 +21,25 @@ Init otherwise as the paper: decoder rows random unit directions, W_enc = W_dec^
 from __future__ import annotations
 
 import functools
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
+from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, Params, Range, SAEConfig
 from jaxsae.sae.collectives import pvary
 from jaxsae.sae.common import decode, decoder_norms, dense_firing, latent_row_mean, mse, pre_activations, warmup
-from jaxsae.sae.init import decoder_row_norm, tied
+from jaxsae.sae.fold import linear_fold
+from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
 
-__all__ = ["constrained_decoder", "hparam_defaults", "init", "init_buffers", "loss", "encode", "decode"]
+__all__ = ["jumprelu"]
 
-constrained_decoder = True
 
-hparam_defaults = {
-    "l0_coeff": 1e-3,  # lambda, for inputs at unit mean squared norm
-    "l0_warmup_steps": 0,  # linear warmup of lambda from 0 (Gemma Scope: 10k steps); 0 = none
-    "bandwidth": 1e-3,  # eps of the rectangle kernel (paper: 0.001 at unit mean squared norm)
-    "tanh_scale": 4.0,  # c in the tanh penalty (only read when cfg.jumprelu_penalty == "tanh")
-}
+class JumpReLUHParams(NamedTuple):
+    l0_coeff: Annotated[float, Range(0.0)] = 1e-3  # lambda, for inputs at unit mean squared norm
+    l0_warmup_steps: Annotated[int, Range(0)] = 0  # linear warmup of lambda from 0 (Gemma Scope: 10k); 0 = none
+    bandwidth: Annotated[float, Range(0.0)] = 1e-3  # eps of the rectangle kernel (paper: 0.001)
+    tanh_scale: Annotated[float, Range(0.0)] = 4.0  # c in the tanh penalty (read when sae.jumprelu_penalty = tanh)
 
 
 def _rectangle(u: jax.Array) -> jax.Array:
@@ -86,44 +86,43 @@ def _heaviside_bwd(grad_to_input, res, g):
 heaviside.defvjp(_heaviside_fwd, _heaviside_bwd)
 
 
-def init(key: jax.Array, cfg: SAEConfig, b_dec: jax.Array) -> Params:
-    """Tied unit-norm init plus threshold [n] = cfg.jumprelu_threshold_init."""
-    params = tied(key, cfg, b_dec, decoder_row_norm(cfg, 1.0))
-    params["threshold"] = jnp.full((cfg.n_latents,), cfg.jumprelu_threshold_init, jnp.float32)
-    return params
-
-
-def init_buffers(cfg: SAEConfig) -> Buffers:
-    del cfg
-    return {}
-
-
-def _forward(params: Params, x: jax.Array, hp: HParams, axes: Axes):
-    """(z [B, n_local], theta [1, n_local] typed per data shard for the custom_vjp rules, bandwidth, f)."""
-    z = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
-    theta = pvary(params["threshold"], axes.data)[None, :]
-    bandwidth = jnp.asarray(hp["bandwidth"], jnp.float32)
-    return z, theta, bandwidth, jump_relu(z, theta, bandwidth)
-
-
-def encode(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes) -> jax.Array:
+def encode(params: Params, buffers: Buffers, x: jax.Array, hp: JumpReLUHParams, axes: Axes) -> jax.Array:
     """Latents [B, n_local] = ReLU(z) * H(z - threshold)."""
-    del buffers, cfg, axes
     z = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
     return jnp.where(z > params["threshold"][None, :], jax.nn.relu(z), 0.0)
 
 
-def loss(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes,
-         step: jax.Array, with_aux: bool) -> tuple[jax.Array, LossOut]:
-    """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, l0 (or tanh; weighted)."""
-    del with_aux
-    z, theta, bandwidth, f = _forward(params, x, hp, axes)
-    x_hat = decode(params, f, cfg, axes)
-    if cfg.jumprelu_penalty == "tanh":
-        penalty = jnp.sum(jnp.tanh(hp["tanh_scale"] * f * decoder_norms(params["W_dec"])[None, :]), axis=-1)
-    else:
-        penalty = jnp.sum(heaviside(z, theta, bandwidth, cfg.jumprelu_ste_to_input), axis=-1)
-    sparsity = hp["l0_coeff"] * warmup(step, hp["l0_warmup_steps"]) * latent_row_mean(penalty, axes)
-    terms = {"mse": mse(x, x_hat, axes), cfg.jumprelu_penalty: sparsity}
-    fire_count, l0 = dense_firing(f, axes)
-    return terms["mse"] + sparsity, LossOut(terms, x_hat, fire_count, l0, buffers)
+def jumprelu(cfg: SAEConfig) -> Architecture:
+    """The JumpReLU architecture for `cfg` (penalty cfg.jumprelu_penalty)."""
+
+    def init(key: jax.Array, b_dec: jax.Array) -> Params:
+        """Tied unit-norm init plus threshold [n] = cfg.jumprelu_threshold_init."""
+        params = tied(key, cfg, b_dec, decoder_row_norm(cfg, 1.0))
+        params["threshold"] = jnp.full((cfg.n_latents,), cfg.jumprelu_threshold_init, jnp.float32)
+        return params
+
+    def loss(params: Params, buffers: Buffers, x: jax.Array, hp: JumpReLUHParams,
+             ctx: LossContext) -> tuple[jax.Array, LossOut]:
+        """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, l0 (or tanh; weighted)."""
+        axes = ctx.axes
+        z = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
+        theta = pvary(params["threshold"], axes.data)[None, :]  # typed per data shard for the custom_vjp rules
+        bandwidth = jnp.asarray(hp.bandwidth, jnp.float32)
+        f = jump_relu(z, theta, bandwidth)
+        x_hat = decode(params, f, axes)
+        if cfg.jumprelu_penalty == "tanh":
+            penalty = jnp.sum(jnp.tanh(hp.tanh_scale * f * decoder_norms(params["W_dec"])[None, :]), axis=-1)
+        else:
+            penalty = jnp.sum(heaviside(z, theta, bandwidth, cfg.jumprelu_ste_to_input), axis=-1)
+        sparsity = hp.l0_coeff * warmup(ctx.step, hp.l0_warmup_steps) * latent_row_mean(penalty, axes)
+        terms = {"mse": mse(x, x_hat, axes), cfg.jumprelu_penalty: sparsity}
+        fire_count, l0 = dense_firing(f, axes)
+        return terms["mse"] + sparsity, LossOut(terms, x_hat, fire_count, l0, buffers)
+
+    return Architecture(
+        name="jumprelu", init=init, init_buffers=dict, encode=encode, decode=decode, loss=loss,
+        fold_input_scale=linear_fold(), hparams=JumpReLUHParams, default_hparams=JumpReLUHParams(),
+        param_layout={**TIED_LAYOUT, "threshold": 0}, buffer_layout={}, uses_auxk=False,
+        decoder_constraint="unit_norm_rows", max_active_per_row=None,
+        loss_terms=tuple(sorted(("mse", cfg.jumprelu_penalty))),
+    )

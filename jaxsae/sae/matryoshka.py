@@ -16,20 +16,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sae import batchtopk, topk_core
-from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
+from jaxsae.sae import batchtopk as batchtopk_lib
+from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, Params, SAEConfig, ConfigError
 from jaxsae.sae.collectives import psum, shard_offset
-from jaxsae.sae.common import batch_mean, decode, firing, global_rows
+from jaxsae.sae.common import batch_mean, firing, global_rows
+from jaxsae.sae.sparse import Selection, fires, scatter_dense, sparse_decode
+from jaxsae.sae.topk_losses import auxk_term
 
-__all__ = ["constrained_decoder", "hparam_defaults", "init", "init_buffers", "loss", "encode", "decode"]
-
-constrained_decoder = True
-
-hparam_defaults = dict(batchtopk.hparam_defaults)
-
-init = batchtopk.init
-init_buffers = batchtopk.init_buffers
-encode = batchtopk.encode
+__all__ = ["matryoshka"]
 
 
 def prefix_group(index: jax.Array, cfg: SAEConfig) -> jax.Array:
@@ -37,33 +31,43 @@ def prefix_group(index: jax.Array, cfg: SAEConfig) -> jax.Array:
     return jnp.searchsorted(jnp.asarray(cfg.prefixes, jnp.int32), index, side="right").astype(jnp.int32)
 
 
-def prefix_reconstructions(params: Params, acts: jax.Array, sel: topk_core.Selection, cfg: SAEConfig,
+def prefix_reconstructions(params: Params, acts: jax.Array, sel: Selection, cfg: SAEConfig,
                            axes: Axes) -> jax.Array:
     """[B, P, d]: x_hat_m for each prefix m (cumulative sums of the per-group decodes, + b_dec)."""
     n_groups = len(cfg.prefixes)
     W_dec = params["W_dec"]
     if cfg.sparse_decode:
         by_group = jax.nn.one_hot(prefix_group(sel.index, cfg), n_groups) * jnp.where(sel.owned, acts, 0.0)[..., None]
-        groups = topk_core.sparse_decode(W_dec, by_group, sel.local)
+        groups = sparse_decode(W_dec, by_group, sel.local)
     else:
         n_local = W_dec.shape[0]
         latent_group = prefix_group(shard_offset(n_local, axes.latent) + jnp.arange(n_local), cfg)
-        dense = topk_core.scatter_dense(acts, sel, n_local)
+        dense = scatter_dense(acts, sel, n_local)
         groups = jnp.einsum("bn,np,nd->bpd", dense, jax.nn.one_hot(latent_group, n_groups), W_dec)
     return jnp.cumsum(psum(groups, axes.latent), axis=1) + params["b_dec"][None, None, :]
 
 
-def loss(params: Params, buffers: Buffers, x: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes,
-         step: jax.Array, with_aux: bool) -> tuple[jax.Array, LossOut]:
-    """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut).
-    terms: mse (mean over prefixes of each prefix's MSE), auxk. x_hat: the full dictionary's reconstruction."""
-    del step
-    pre, scores, candidates, acts, new_buffers = batchtopk.select(params, buffers, x, hp, cfg, axes)
-    x_hats = prefix_reconstructions(params, acts, candidates, cfg, axes)
-    per_prefix = jnp.sum(jnp.square(x[:, None, :] - x_hats), axis=-1)  # [B, P]
-    x_hat = x_hats[:, -1, :]
-    terms = {"mse": batch_mean(jnp.mean(per_prefix, axis=1), axes), "auxk": jnp.zeros((), jnp.float32)}
-    if with_aux:
-        terms["auxk"] = topk_core.auxk_loss(params, buffers, x, x_hat, pre, scores, hp, cfg, axes)
-    fire_count, l0 = firing(topk_core.fires(acts > 0, candidates, scores.shape[1]), global_rows(x, axes), axes)
-    return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)
+def matryoshka(cfg: SAEConfig) -> Architecture:
+    """The Matryoshka (BatchTopK activations, + AuxK) architecture for `cfg`."""
+    base = batchtopk_lib.batchtopk(cfg)
+    prefixes = cfg.prefixes
+    if list(prefixes) != sorted(set(prefixes)) or prefixes[-1] != cfg.n_latents or prefixes[0] < 1:
+        raise ConfigError(
+            f"sae.matryoshka_prefixes: must be strictly ascending, >= 1, and end at n_latents="
+            f"{cfg.n_latents}; got {list(prefixes)}"
+        )
+
+    def loss(params: Params, buffers: Buffers, x: jax.Array, hp: batchtopk_lib.BatchTopKHParams,
+             ctx: LossContext) -> tuple[jax.Array, LossOut]:
+        """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut).
+        terms: mse (mean over prefixes of each prefix's MSE), auxk. x_hat: the full dictionary's reconstruction."""
+        fwd, new_buffers = batchtopk_lib.select(params, buffers, x, hp, cfg, ctx)
+        x_hats = prefix_reconstructions(params, fwd.acts, fwd.sel, cfg, ctx.axes)
+        per_prefix = jnp.sum(jnp.square(x[:, None, :] - x_hats), axis=-1)  # [B, P]
+        x_hat = x_hats[:, -1, :]
+        terms = {"mse": batch_mean(jnp.mean(per_prefix, axis=1), ctx.axes),
+                 "auxk": auxk_term(params, fwd, x_hat, hp, ctx, cfg)}
+        fire_count, l0 = firing(fires(fwd.acts > 0, fwd.sel, fwd.pre.shape[1]), global_rows(x, ctx.axes), ctx.axes)
+        return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)
+
+    return base._replace(name="matryoshka", loss=loss)

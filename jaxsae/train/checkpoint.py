@@ -45,7 +45,9 @@ from jax.sharding import Mesh, NamedSharding
 from jaxsae.data.stream import StreamState
 from jaxsae.sae.base import ConfigError
 from jaxsae.train.config import TrainConfig
-from jaxsae.train.step import TrainState, init_state, state_specs
+from jaxsae.sae.base import build
+from jaxsae.train import optim
+from jaxsae.train.state import TrainState, init_state, member_seeds, state_specs
 
 CHECKPOINT_DIR = "checkpoints"
 SKIPPED_DIR = "checkpoints.skipped"
@@ -78,9 +80,11 @@ def checkpoint_dir(run_dir: str) -> str:
 
 def abstract_state(cfg: TrainConfig, mesh: Mesh) -> TrainState:
     """The train state's shapes and dtypes as `jax.ShapeDtypeStruct`s carrying their shardings on `mesh`."""
-    shapes = jax.eval_shape(lambda b_dec: init_state(cfg, mesh, b_dec, 1.0),
+    arch = build(cfg.sae)
+    tx = optim.for_config(cfg, arch)
+    shapes = jax.eval_shape(lambda b_dec: init_state(arch, tx, mesh, member_seeds(cfg), b_dec, 1.0),
                             jax.ShapeDtypeStruct((cfg.sae.d_model,), jnp.float32))
-    specs = state_specs(shapes, cfg.sae.n_latents)
+    specs = state_specs(shapes, arch, tx)
     return jax.tree.map(lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec)),
                         shapes, specs)
 
@@ -251,7 +255,8 @@ class RunCheckpoints:
         if restored is None and (steps or self._had_checkpoints()):
             raise CheckpointError(
                 f"no checkpoint of the run in {self.run_dir} can be restored (the failed ones are in "
-                f"{os.path.join(self.run_dir, SKIPPED_DIR)}); to train it again from step 0, rerun with "
+                f"{os.path.join(self.run_dir, SKIPPED_DIR)}; a checkpoint written by an older jaxsae, whose "
+                f"train state had another layout, fails the same way); to train it again from step 0, rerun with "
                 f"--restart (train(cfg, restart=True)), or train into a new run_dir"
             )
         if restored is not None and int(jax.device_get(restored.state.step)) != restored.step:

@@ -127,8 +127,8 @@ class TrainConfig:
     run_dir:      output folder (metrics, checkpoints, dictionaries); made absolute against the working directory.
     sae:          static dictionary shape and architecture.
     data, optim, mesh, distributed: see their classes.
-    hparams:      per-member hyperparameter defaults of the architecture (keys: the architecture's
-                  `hparam_defaults`, e.g. k, l1_coeff, aux_coeff, bandwidth).
+    hparams:      per-member hyperparameter defaults of the architecture (keys: the fields of its
+                  `Architecture.hparams` NamedTuple, e.g. k, l1_coeff, aux_coeff, bandwidth).
     members:      one dict per member overriding `lr`, `seed` or any hparam; default: one member.
     steps:        optimizer steps (set this or total_rows).
     total_rows:   rows to train on; steps = total_rows // data.batch_rows.
@@ -168,32 +168,17 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         if not self.members:
             raise ConfigError("members: at least one member is needed (use [{}] for one default member)")
-        arch = sae_base.get(self.sae.architecture)
-        allowed = set(arch.hparam_defaults)
-        for key in self.hparams:
-            if key not in allowed:
-                raise ConfigError(
-                    f"hparams.{key}: not a hyperparameter of {self.sae.architecture}; "
-                    f"{_did_you_mean(key, allowed, 'hparams.')}allowed: {', '.join(sorted(allowed))}"
-                )
+        arch = sae_base.build(self.sae)
+        sae_base.check_hparams(arch, self.sae, self.hparams, "hparams")
         for i, member in enumerate(self.members):
-            for key, value in member.items():
-                if key not in allowed | {"lr", "seed"}:
-                    raise ConfigError(
-                        f"members[{i}].{key}: unknown; {_did_you_mean(key, allowed | {'lr', 'seed'}, '')}"
-                        f"allowed: lr, seed, {', '.join(sorted(allowed))}"
-                    )
-            hp = self.member_hparams(i)
-            if hp["lr"] <= 0:
-                raise ConfigError(f"members[{i}].lr: must be > 0, got {hp['lr']}")
-            if "k" in hp and not 1 <= hp["k"] <= self.sae.k:
-                raise ConfigError(
-                    f"members[{i}].k: must be between 1 and sae.k={self.sae.k} (the largest k of the pack), "
-                    f"got {hp['k']}; raise sae.k"
-                )
-            for key in ("l1_coeff", "aux_coeff", "bandwidth"):
-                if key in hp and hp[key] < 0:
-                    raise ConfigError(f"members[{i}].{key}: must be >= 0, got {hp[key]}")
+            for key in ("lr", "seed"):
+                if key in member and (isinstance(member[key], bool) or not isinstance(member[key], (int, float))):
+                    raise ConfigError(f"members[{i}].{key}: expected a number, got {member[key]!r}")
+            if "lr" in member and not member["lr"] > 0:
+                raise ConfigError(f"members[{i}].lr: must be > 0, got {member['lr']}")
+            if "seed" in member and (not float(member["seed"]).is_integer() or member["seed"] < 0):
+                raise ConfigError(f"members[{i}].seed: must be an integer >= 0, got {member['seed']}")
+            sae_base.check_hparams(arch, self.sae, self.member_arch_hparams(i), f"members[{i}]")
 
     @property
     def n_members(self) -> int:
@@ -203,17 +188,16 @@ class TrainConfig:
     def num_steps(self) -> int:
         return self.steps if self.steps is not None else self.total_rows // self.data.batch_rows
 
+    def member_arch_hparams(self, i: int) -> dict[str, float]:
+        """Member i's architecture hyperparameters that differ from the architecture's defaults: hparams <
+        members[i] (lr and seed left out); `sae_base.check_hparams` applies and checks them."""
+        return {**self.hparams, **{k: v for k, v in self.members[i].items() if k not in ("lr", "seed")}}
+
     def member_hparams(self, i: int) -> dict[str, float]:
         """Member i's full hyperparameters: architecture defaults < hparams < members[i] (plus lr, seed)."""
-        arch = sae_base.get(self.sae.architecture)
-        hp = dict(arch.hparam_defaults)
-        if "k" in hp:
-            hp["k"] = self.sae.k
-        hp.update(self.hparams)
-        hp["lr"] = self.optim.lr
-        hp["seed"] = 0
-        hp.update(self.members[i])
-        return hp
+        arch = sae_base.build(self.sae)
+        hp = sae_base.check_hparams(arch, self.sae, self.member_arch_hparams(i), f"members[{i}]")._asdict()
+        return {**hp, "lr": self.members[i].get("lr", self.optim.lr), "seed": self.members[i].get("seed", 0)}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -26,7 +27,10 @@ from jaxsae.train import metrics as metrics_lib
 from jaxsae.train import run_folder
 from jaxsae.train.config import TrainConfig
 from jaxsae.train.lock import RunLock, RunLockedError
-from jaxsae.train.step import hparam_arrays, init_state, make_train_step, state_specs
+from jaxsae.sae.base import build
+from jaxsae.train import optim
+from jaxsae.train.state import init_state, member_seeds, member_settings, state_specs
+from jaxsae.train.step import make_train_step
 
 GEOMETRIC_MEDIAN_ROWS = 4096
 NAMED_ROWS = 10
@@ -128,16 +132,20 @@ def place_batch(batch: np.ndarray, mesh, global_rows: int) -> jax.Array:
 
 
 def make_summarise(cfg: TrainConfig, mesh, specs):
-    """Jitted `(acc, rows_since_fired) -> per-member summary`, computed where the arrays live."""
+    """Jitted `(acc, rows_since_fired) -> Summary`, computed where the arrays live."""
 
     def local(acc, rows_since_fired):
         return metrics_lib.summarise(acc, rows_since_fired, cfg.sae.dead_after_rows, "latent")
 
-    out_specs = {k: P("ens") for k in specs.acc if k not in ("fire_count", "rows", "steps")}
-    out_specs |= {k: P("ens") for k in ("dead_fraction", "dense_fraction", "never_fired_in_window",
-                                         "density_log10_hist")}
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(specs.acc, specs.buffers["rows_since_fired"]),
-                                 out_specs=out_specs))
+    def summarise(acc, rows_since_fired):
+        local_shapes = jax.eval_shape(functools.partial(metrics_lib.summarise, latent_axis=None,
+                                                        dead_after_rows=cfg.sae.dead_after_rows),
+                                      acc, rows_since_fired)
+        out_specs = jax.tree.map(lambda _: P("ens"), local_shapes)  # every summary leaf is per member
+        return jax.shard_map(local, mesh=mesh, in_specs=(specs.acc, specs.buffers.rows_since_fired),
+                             out_specs=out_specs)(acc, rows_since_fired)
+
+    return jax.jit(summarise)
 
 
 def _to_host(tree):
@@ -182,10 +190,12 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, restart: bool = Fa
 
 def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoints, is_writer: bool,
                 stop_after: int | None) -> RunResult:
+    arch = build(cfg.sae)
+    tx = optim.for_config(cfg, arch)
     restored = checkpoints.restore_latest(checkpoint_lib.abstract_state(cfg, mesh))
     if restored is None:
         scale = input_scale(cfg, store)
-        state = init_state(cfg, mesh, initial_b_dec(store, order, scale), scale)
+        state = init_state(arch, tx, mesh, member_seeds(cfg), initial_b_dec(store, order, scale), scale)
         stream_state, start = StreamState(), 0
     else:
         state, stream_state, start = restored.state, restored.stream, restored.step
@@ -195,9 +205,9 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
     kept_records = checkpoint_lib.truncate_metrics(cfg.run_dir, start) if is_writer else []
     end = cfg.num_steps if stop_after is None else min(cfg.num_steps, stop_after)
 
-    step_fn = make_train_step(cfg, mesh, state)
-    hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
-    specs = state_specs(state, cfg.sae.n_latents)
+    step_fn = make_train_step(arch, tx, mesh, dead_after_rows=cfg.sae.dead_after_rows)
+    settings = jax.device_put(member_settings(cfg, arch), NamedSharding(mesh, P("ens")))
+    specs = state_specs(state, arch, tx)
     acc_shardings = mesh_lib.shardings(mesh, specs.acc)
     summarise = make_summarise(cfg, mesh, specs)
     reset_acc = jax.jit(lambda acc: jax.tree.map(jnp.zeros_like, acc), out_shardings=acc_shardings,
@@ -214,7 +224,7 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
     try:
         for step in range(start, end):
             x = place_batch(next(stream), mesh, cfg.data.batch_rows)
-            state, step_metrics = step_fn(state, x, hp)
+            state, step_metrics = step_fn(state, x, settings)
             # Bound how far the host runs ahead of the device without syncing every step; the wait is where
             # the non-finite flag of an older step is looked at (it costs no extra sync).
             in_flight.append(step_metrics["first_nonfinite_step"])
@@ -225,7 +235,7 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.num_steps:
                 _check_finite(step_metrics["first_nonfinite_step"], cfg, store, order, start, stream_state)
-                summary = _to_host(summarise(state.acc, state.buffers["rows_since_fired"]))
+                summary = _to_host(summarise(state.acc, state.buffers.rows_since_fired))
                 now = time.perf_counter()
                 rows_seen = done * cfg.data.batch_rows
                 rate = (rows_seen - rows_at_log) / max(now - t_log, 1e-9)
@@ -253,7 +263,7 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
 
     checkpoints.wait()
     # Every process takes part in the gather (a collective when the state spans processes); process 0 writes.
-    host_state = _to_host((state.params, state.buffers, state.scale))
+    host_state = _to_host((state.params, state.buffers.arch, state.scale))
     dictionaries = save_all(cfg, host_state, store, last_records) if is_writer else []
     if is_writer:
         run_folder.mark_complete(cfg.run_dir, {"steps": cfg.num_steps, "dictionaries": dictionaries,
@@ -317,7 +327,8 @@ def _lock_run_folder(run_dir: str, is_writer: bool) -> RunLock | None:
 
 
 def save_all(cfg: TrainConfig, host_state: tuple, store, records: list[dict]) -> list[str]:
-    """One dictionary folder per member, normalisation folded in. host_state: host (params, buffers, scale)."""
+    """One dictionary folder per member, normalisation folded in. host_state: host (params, architecture
+    buffers, scale)."""
     params, buffers, scale = host_state
     paths = []
     for m in range(cfg.n_members):

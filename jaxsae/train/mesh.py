@@ -12,9 +12,6 @@ from jaxsae.train.config import MeshConfig
 AXES = ("data", "ens", "latent")
 MESH_AXES = Axes(data="data", latent="latent")
 
-# Which axis of a per-member leaf (no E axis) indexes latents, by leaf name; other leaves are found by shape.
-_LATENT_AXIS_BY_NAME = {"W_enc": 1, "W_dec": 0, "b_dec": None}
-
 
 def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
     """(data, ens, latent) for `n_devices`; data=0 takes the devices the other axes leave.
@@ -50,43 +47,19 @@ def check_divisibility(mesh: Mesh, sae: SAEConfig, n_members: int, batch_rows: i
         raise ConfigError(f"sae.n_latents={sae.n_latents} must be divisible by mesh latent={sizes['latent']}")
 
 
-def member_latent_axis(name: str, shape: tuple[int, ...], n_latents: int) -> int | None:
-    """The latent axis of a per-member leaf called `name` with per-member `shape`, or None."""
-    if name in _LATENT_AXIS_BY_NAME:
-        return _LATENT_AXIS_BY_NAME[name]
-    if len(shape) == 1 and shape[0] == n_latents:
-        return 0
-    return None
-
-
-def _leaf_name(path) -> str:
-    for entry in reversed(path):
-        if isinstance(entry, jax.tree_util.DictKey):
-            return str(entry.key)
-    return ""
-
-
-def member_spec(path, leaf, n_latents: int) -> P:
-    """PartitionSpec of an ensemble-stacked leaf [E, ...]: E on `ens`, its latent axis on `latent`."""
-    shape = tuple(np.shape(leaf))
-    if not shape:
-        return P()
-    axis = member_latent_axis(_leaf_name(path), shape[1:], n_latents)
-    spec = ["ens"] + [None] * (len(shape) - 1)
-    if axis is not None:
-        spec[axis + 1] = "latent"
+def member_spec(latent_axis: int | None, ndim: int) -> P:
+    """PartitionSpec of an ensemble-stacked leaf [E, ...] of `ndim` dims: E on `ens`, and the member leaf's
+    `latent_axis` (None: not a latent axis) on `latent`."""
+    spec = ["ens"] + [None] * (ndim - 1)
+    if latent_axis is not None:
+        spec[latent_axis + 1] = "latent"
     return P(*spec)
 
 
-def member_specs(tree, n_latents: int):
-    """PartitionSpecs for a pytree of ensemble-stacked leaves."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: member_spec(p, x, n_latents), tree)
-
-
-def latent_sharded(tree, n_latents: int):
-    """Bool pytree: does the leaf's spec split the latent axis."""
-    return jax.tree.map(lambda s: "latent" in tuple(s), member_specs(tree, n_latents),
-                        is_leaf=lambda s: isinstance(s, P))
+def layout_specs(tree: dict, layout) -> dict:
+    """PartitionSpecs of a dict of ensemble-stacked leaves (arrays or ShapeDtypeStructs), from an
+    architecture's layout (name -> latent axis of one member's leaf, see `Architecture.param_layout`)."""
+    return {name: member_spec(layout[name], len(leaf.shape)) for name, leaf in tree.items()}
 
 
 def shardings(mesh: Mesh, specs):

@@ -1,14 +1,17 @@
-"""Metric summaries (computed on device from the state's accumulators) and their writers."""
+"""Typed metric accumulators and summaries (computed on device), and their writers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxsae.sae.collectives import psum
 
@@ -17,39 +20,90 @@ DENSITY_EDGES = np.linspace(-8.0, 0.0, 33)
 DENSE_ABOVE = 0.1
 
 
-def summarise(acc: dict, rows_since_fired: jax.Array, dead_after_rows: int, latent_axis: str | None = None) -> dict:
-    """Per-member means since the last read-back, from on-device sums. All outputs are [E] or [E, bins].
+@flax.struct.dataclass
+class Accumulators:
+    """Metric sums since the last read-back, on device. Per member: [E]; fire_count [E, n]; rows, steps [].
+
+    terms: the architecture's loss terms by name (`Architecture.loss_terms`), each [E].
+    """
+
+    loss: jax.Array
+    fvu: jax.Array
+    explained_variance: jax.Array
+    l0: jax.Array
+    terms: dict[str, jax.Array]
+    fire_count: jax.Array
+    rows: jax.Array
+    steps: jax.Array
+
+    @classmethod
+    def zeros(cls, n_members: int, n_latents: int, term_names: tuple[str, ...]) -> Accumulators:
+        member = jnp.zeros((n_members,), jnp.float32)
+        return cls(loss=member, fvu=member, explained_variance=member, l0=member,
+                   terms={name: member for name in term_names},
+                   fire_count=jnp.zeros((n_members, n_latents), jnp.float32),
+                   rows=jnp.zeros((), jnp.float32), steps=jnp.zeros((), jnp.float32))
+
+    def specs(self) -> Accumulators:
+        """PartitionSpecs of these accumulators: members on `ens`, fire_count's latents on `latent`."""
+        return Accumulators(loss=P("ens"), fvu=P("ens"), explained_variance=P("ens"), l0=P("ens"),
+                            terms={name: P("ens") for name in self.terms}, fire_count=P("ens", "latent"),
+                            rows=P(), steps=P())
+
+
+@flax.struct.dataclass
+class Summary:
+    """Per-member means since the last read-back (each [E]; density_log10_hist [E, bins])."""
+
+    loss: jax.Array
+    fvu: jax.Array
+    explained_variance: jax.Array
+    l0: jax.Array
+    terms: dict[str, jax.Array]
+    dead_fraction: jax.Array
+    dense_fraction: jax.Array
+    never_fired_in_window: jax.Array
+    density_log10_hist: jax.Array
+
+
+def summarise(acc: Accumulators, rows_since_fired: jax.Array, dead_after_rows: int,
+              latent_axis: str | None = None) -> Summary:
+    """Per-member means since the last read-back, from on-device sums.
 
     Runs on device (inside the trainer's shard_map, with `latent_axis` split); only these small arrays travel
-    to the host. acc["fire_count"] and rows_since_fired are [E, n_local].
+    to the host. acc.fire_count and rows_since_fired are [E, n_local].
     """
     n_latents = psum(rows_since_fired.shape[1], latent_axis)
-    steps = jnp.maximum(acc["steps"], 1.0)
-    out = {k: v / steps for k, v in acc.items() if k not in ("fire_count", "rows", "steps")}
-    density = acc["fire_count"] / jnp.maximum(acc["rows"], 1.0)  # [E, n_local]
+    steps = jnp.maximum(acc.steps, 1.0)
+    density = acc.fire_count / jnp.maximum(acc.rows, 1.0)  # [E, n_local]
 
     def count(mask):  # [E, n_local] bool -> [E] global count
         return psum(jnp.sum(mask.astype(jnp.int32), axis=1), latent_axis)
 
-    out["dead_fraction"] = count(rows_since_fired >= dead_after_rows) / n_latents
-    out["dense_fraction"] = count(density > DENSE_ABOVE) / n_latents
-    out["never_fired_in_window"] = count(density == 0)
     log_density = jnp.log10(jnp.where(density > 0, density, 1.0))
     width = float(DENSITY_EDGES[1] - DENSITY_EDGES[0])
     n_bins = len(DENSITY_EDGES) - 1
     bins = jnp.clip(jnp.floor((log_density - DENSITY_EDGES[0]) / width).astype(jnp.int32), 0, n_bins - 1)
     hist = jax.vmap(lambda b, m: jnp.zeros(n_bins, jnp.int32).at[b].add(m))(bins, (density > 0).astype(jnp.int32))
-    out["density_log10_hist"] = psum(hist, latent_axis)
-    return out
+    return Summary(
+        loss=acc.loss / steps, fvu=acc.fvu / steps, explained_variance=acc.explained_variance / steps,
+        l0=acc.l0 / steps, terms={name: value / steps for name, value in acc.terms.items()},
+        dead_fraction=count(rows_since_fired >= dead_after_rows) / n_latents,
+        dense_fraction=count(density > DENSE_ABOVE) / n_latents,
+        never_fired_in_window=count(density == 0), density_log10_hist=psum(hist, latent_axis),
+    )
 
 
-def member_records(summary: dict, step: int, rows_seen: int, rows_per_s: float) -> list[dict]:
-    """One JSON-ready record per member from a host copy of `summarise`'s output."""
-    n_members = len(np.asarray(summary["loss"]))
+def member_records(summary: Summary, step: int, rows_seen: int, rows_per_s: float) -> list[dict]:
+    """One JSON-ready record per member from a host copy of `summarise`'s output (loss terms at top level)."""
+    columns = {}
+    for field in dataclasses.fields(summary):
+        value = getattr(summary, field.name)
+        columns.update(value if field.name == "terms" else {field.name: value})
     records = []
-    for m in range(n_members):
+    for m in range(len(np.asarray(summary.loss))):
         rec = {"step": step, "member": m, "rows_seen": rows_seen, "rows_per_s": round(rows_per_s, 1)}
-        for key, value in summary.items():
+        for key, value in columns.items():
             v = np.asarray(value)[m]
             rec[key] = v.tolist() if v.ndim else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
         records.append(rec)

@@ -1,5 +1,5 @@
-"""Top-k machinery shared by TopK, BatchTopK and Matryoshka: selection across latent shards, sparse
-encode/decode by gathering the selected latents, BatchTopK's global threshold, and the AuxK loss.
+"""Sparse top-k kernels: selection across latent shards, chunked gathers and scatter-adds with custom VJPs,
+sparse decode, and BatchTopK's global selection. The losses built from them are in `topk_losses`.
 
 PERFORMANCE. Selection runs on stop-gradient pre-activations (one dense [B, d] @ [d, n] matmul, no backward).
 With cfg.sparse_decode the selected latents' pre-activations are the top-k's own values with a custom
@@ -21,9 +21,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sae.base import Axes, Buffers, HParams, LossOut, Params, SAEConfig
+from jaxsae.sae.base import Axes, Params, SAEConfig
 from jaxsae.sae.collectives import all_gather, pmin, psum, reduce_to_type_of, shard_offset, zeros_varying_like_all
-from jaxsae.sae.common import firing, global_rows, mse, pre_activations, total_variance
+from jaxsae.sae.common import global_rows
 
 
 class Selection(NamedTuple):
@@ -100,13 +100,6 @@ def gather_rows(table: jax.Array, index: jax.Array) -> jax.Array:
     return table.at[index].get(mode="promise_in_bounds")
 
 
-def training_pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> tuple[jax.Array | None, jax.Array]:
-    """(pre, scores): scores = stop_gradient(pre) [B, n_local] for selection; pre is the differentiable dense
-    pre-activation for the dense reference path, None on the sparse path (see `selected_pre`)."""
-    pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
-    return (None if cfg.sparse_decode else pre), jax.lax.stop_gradient(pre)
-
-
 @jax.custom_vjp
 def _sparse_selected_pre(W_enc: jax.Array, b_enc: jax.Array, b_dec: jax.Array, x: jax.Array, local: jax.Array,
                          values: jax.Array) -> jax.Array:
@@ -136,16 +129,16 @@ def _sparse_selected_pre_bwd(residuals, g):
 _sparse_selected_pre.defvjp(_sparse_selected_pre_fwd, _sparse_selected_pre_bwd)
 
 
-def selected_pre(params: Params, x: jax.Array, pre: jax.Array | None, sel: Selection) -> jax.Array:
+def selected_pre(params: Params, x: jax.Array, pre: jax.Array, sel: Selection, sparse: bool) -> jax.Array:
     """Differentiable pre-activations of the selected latents: [B, K], 0 where this shard does not own them.
 
-    pre None (sparse): the values are the selection's own scores (the stop-gradient pre-activations the top-k
-        returned) with a custom gradient: a scatter-add into the K selected encoder columns per row.
-        PERFORMANCE: no [B, K, d] gather of encoder columns in the forward pass and no dense [d, B] @ [B, n]
-        weight-gradient matmul.
-    pre [B, n_local] (dense reference): a lookup in the differentiable dense pre-activations.
+    pre: [B, n_local] the dense pre-activations (x - b_dec) W_enc + b_enc the selection was made from.
+    sparse: the values are the selection's own scores with a custom gradient: a scatter-add into the K
+        selected encoder columns per row. PERFORMANCE: no [B, K, d] gather of encoder columns in the forward
+        pass and no dense [d, B] @ [B, n] weight-gradient matmul (the unused dense `pre` is dropped by XLA).
+    not sparse (dense reference): a lookup in the differentiable dense pre-activations.
     """
-    if pre is None:
+    if sparse:
         values = _sparse_selected_pre(params["W_enc"], params["b_enc"], params["b_dec"], x, sel.local, sel.score)
     else:
         values = jnp.take_along_axis(pre, sel.local, axis=1, mode="promise_in_bounds")
@@ -165,9 +158,9 @@ def scatter_dense(acts: jax.Array, sel: Selection, n_local: int) -> jax.Array:
 GATHER_MAX_K_FRACTION = 1 / 32
 
 
-def gather_pays(k: int, scores: jax.Array) -> bool:
-    """Whether decoding K selected rows by gather is cheaper than a dense decode over this shard's latents."""
-    return k <= GATHER_MAX_K_FRACTION * scores.shape[1]
+def gather_pays(k: int, n_local: int) -> bool:
+    """Whether decoding K selected rows by gather is cheaper than a dense decode over n_local latents."""
+    return k <= GATHER_MAX_K_FRACTION * n_local
 
 
 @jax.custom_vjp
@@ -248,55 +241,3 @@ def batch_top_k(scores: jax.Array, k_member: jax.Array, cfg: SAEConfig,
     # candidates are typed per-shard), so the threshold buffer can stay replicated.
     min_kept = pmin(pmin(jnp.min(jnp.where(keep, candidates.score, jnp.inf)), axes.data), axes.latent)
     return candidates, keep, min_kept
-
-
-def update_threshold(threshold: jax.Array, min_kept: jax.Array, decay: jax.Array) -> jax.Array:
-    """EMA of the smallest kept activation per batch (BatchTopK inference threshold). A threshold of 0 means
-    'never measured' and takes the first measurement as is (the reference code starts the EMA at 0, which
-    biases it low for ~1/(1-decay) steps); batches with nothing kept leave it unchanged."""
-    min_kept = jax.lax.stop_gradient(min_kept)
-    ema = jnp.where(threshold > 0, decay * threshold + (1.0 - decay) * min_kept, min_kept)
-    return jnp.where(jnp.isfinite(min_kept), ema, threshold)
-
-
-def threshold_encode(params: Params, buffers: Buffers, x: jax.Array) -> jax.Array:
-    """BatchTopK inference: JumpReLU with the scalar EMA threshold, f = ReLU(pre) * [pre > threshold]: [B, n_local].
-    buffers["threshold"]: [] (a one-element array, as a file may store it, is accepted too)."""
-    pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
-    return jnp.where(pre > jnp.reshape(buffers["threshold"], ()), jax.nn.relu(pre), 0.0)
-
-
-def auxk_loss(params: Params, buffers: Buffers, x: jax.Array, x_hat: jax.Array, pre: jax.Array | None,
-              scores: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes) -> jax.Array:
-    """AuxK (Gao et al. 2024, sec. A.2): the top cfg.aux_k DEAD latents (buffers["rows_since_fired"] >=
-    cfg.dead_after_rows) of each row reconstruct the main residual e = x - x_hat (stop-gradient):
-    e_hat = sum ReLU(pre_i) W_dec,i over them, WITHOUT b_dec (as in the paper; sparsify adds b_dec).
-
-    Normalised as in EleutherAI sparsify: sum_rows ||e_hat - e||^2 / sum_rows ||x - mean(x)||^2, scaled by
-    min(num_dead / aux_k, 1), weighted by hp["aux_coeff"] (alpha). Rows of fewer than aux_k dead latents pad
-    with zeros. Returns the weighted scalar term.
-    """
-    dead = buffers["rows_since_fired"] >= cfg.dead_after_rows  # [n_local]
-    sel = select_top_k(jnp.where(dead[None, :], scores, -jnp.inf), cfg.aux_k, axes)
-    is_dead = jnp.isfinite(sel.score)
-    acts = jnp.where(is_dead, jax.nn.relu(selected_pre(params, x, pre, sel)), 0.0)
-    # k_aux (d/2 by default) is large: a dense decode beats gathering [B, k_aux, d] rows unless n_local is huge.
-    e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse=pre is None and gather_pays(cfg.aux_k, scores))
-    residual = jax.lax.stop_gradient(x - x_hat)
-    error = psum(jnp.sum(jnp.square(e_hat - residual)), axes.data)
-    num_dead = psum(jnp.sum(dead.astype(jnp.float32)), axes.latent)
-    scale = jnp.minimum(num_dead / cfg.aux_k, 1.0)
-    return hp["aux_coeff"] * scale * error / jnp.maximum(total_variance(x, axes), 1e-30)
-
-
-def reconstruction_loss(params: Params, buffers: Buffers, x: jax.Array, pre: jax.Array | None, scores: jax.Array,
-                        sel: Selection, acts: jax.Array, hp: HParams, cfg: SAEConfig, axes: Axes, with_aux: bool,
-                        new_buffers: Buffers) -> tuple[jax.Array, LossOut]:
-    """The loss tail TopK and BatchTopK share: decode the selected activations acts [B, K], mean squared error,
-    AuxK when `with_aux`, firing statistics. Returns (mse + auxk, LossOut)."""
-    x_hat = decode_partial(params["W_dec"], acts, sel, axes, cfg.sparse_decode) + params["b_dec"][None, :]
-    terms = {"mse": mse(x, x_hat, axes), "auxk": jnp.zeros((), jnp.float32)}
-    if with_aux:
-        terms["auxk"] = auxk_loss(params, buffers, x, x_hat, pre, scores, hp, cfg, axes)
-    fire_count, l0 = firing(fires(acts > 0, sel, scores.shape[1]), global_rows(x, axes), axes)
-    return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)
