@@ -6,12 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxsae.sae import base, constraints
-from jaxsae.sae.base import ARCHITECTURES, Axes, SAEConfig
+from jaxsae.sae import base, builtin_names, constraints
+from jaxsae.sae.base import Axes, LossContext, SAEConfig
 from jaxsae.sae.fold import fold_input_scale
 from jaxsae.sae.init import geometric_median
 
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+ARCHITECTURES = builtin_names()
 D, N, K = 32, 128, 8
 
 
@@ -20,9 +20,20 @@ def make_cfg(arch: str, **overrides) -> SAEConfig:
                         "dead_after_rows": 100, **overrides})
 
 
-def make_hp(arch: str, **overrides) -> dict:
-    values = {**base.get(arch).hparam_defaults, **overrides}
-    return {name: jnp.asarray(value, jnp.float32) for name, value in values.items()}
+def bundle(arch: str, **overrides) -> base.Architecture:
+    return base.build(make_cfg(arch, **overrides))
+
+
+def make_hp(arch: str, **overrides):
+    """The architecture's hyperparameter NamedTuple (fields it lacks in `overrides` are ignored)."""
+    module = bundle(arch)
+    values = module.default_hparams._replace(**{k: v for k, v in overrides.items() if k in module.hparams._fields})
+    return module.hparams(*(jnp.asarray(v, jnp.float32) for v in values))
+
+
+def dead_mask(cfg: SAEConfig, dead_every: int) -> jax.Array:
+    """[n] bool: every `dead_every`-th latent is dead (for AuxK)."""
+    return jnp.arange(cfg.n_latents) % dead_every == 0
 
 
 def sparse_dictionary_data(key, n_rows=2048, n_true=96, active=4, noise=0.02):
@@ -37,27 +48,28 @@ def sparse_dictionary_data(key, n_rows=2048, n_true=96, active=4, noise=0.02):
 
 
 def make_member(arch, cfg, key, x, dead_every=3):
-    """(params, buffers) for one member; every `dead_every`-th latent is dead (for AuxK)."""
-    module = base.get(arch)
-    params = module.init(key, cfg, jnp.asarray(geometric_median(np.asarray(x))))
-    dead = (jnp.arange(cfg.n_latents) % dead_every == 0) * (2 * cfg.dead_after_rows)
-    buffers = {**module.init_buffers(cfg), "rows_since_fired": dead.astype(jnp.int32)}
+    """(params, buffers, dead [n] bool) for one member; every `dead_every`-th latent is dead (for AuxK)."""
+    module = base.build(cfg)
+    params = module.init(key, jnp.asarray(geometric_median(np.asarray(x))))
+    buffers = module.init_buffers()
     if "threshold" in buffers:
         buffers["threshold"] = jnp.asarray(0.05, jnp.float32)
-    return params, buffers
+    return params, buffers, dead_mask(cfg, dead_every)
 
 
-def loss_and_grad(arch, cfg, params, buffers, x, hp, axes=Axes(), with_aux=True, step=100):
+def loss_and_grad(arch, cfg, params, buffers, dead, x, hp, axes=Axes(), with_aux=True, step=100):
     """(loss, LossOut, grads) of one member; x: [B, d]."""
+    ctx = LossContext(axes=axes, step=jnp.int32(step), with_aux=with_aux, dead=dead)
+
     def f(p):
-        return base.get(arch).loss(p, buffers, x, hp, cfg, axes, jnp.int32(step), with_aux)
+        return base.build(cfg).loss(p, buffers, x, hp, ctx)
 
     (loss, out), grads = jax.value_and_grad(f, has_aux=True)(params)
     return loss, out, grads
 
 
 def jitted_loss_and_grad(arch, cfg):
-    return jax.jit(lambda params, buffers, x, hp: loss_and_grad(arch, cfg, params, buffers, x, hp))
+    return jax.jit(lambda params, buffers, dead, x, hp: loss_and_grad(arch, cfg, params, buffers, dead, x, hp))
 
 
 def assert_trees_close(a, b, rtol=2e-5, atol=2e-5, what=""):
@@ -72,23 +84,24 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-5, what=""):
 @pytest.mark.parametrize("arch,penalty", [(arch, "l0") for arch in ARCHITECTURES] + [("jumprelu", "tanh")])
 def test_loss_decreases_and_decoder_constraint_holds(arch, penalty):
     cfg = make_cfg(arch, k=4, jumprelu_penalty=penalty)
-    module = base.get(arch)
+    module = base.build(cfg)
+    constrained = module.decoder_constraint == "unit_norm_rows"
     x = sparse_dictionary_data(jax.random.key(0))
-    params, buffers = make_member(arch, cfg, jax.random.key(1), x)
-    buffers["rows_since_fired"] = jnp.zeros((N,), jnp.int32)
+    params, buffers, _ = make_member(arch, cfg, jax.random.key(1), x)
+    no_dead = jnp.zeros((N,), bool)
     hp = make_hp(arch, **({"l1_coeff": 0.02} if arch in ("relu", "gated") else {}))
     optimizer = optax.adam(2e-3)
     batches = x.reshape(8, -1, D)
 
     def train_step(carry, i):
         params, buffers, opt_state = carry
-        (loss, out), grads = jax.value_and_grad(module.loss, has_aux=True)(
-            params, buffers, batches[i % 8], hp, cfg, Axes(), i, False)
-        if module.constrained_decoder:
+        ctx = LossContext(axes=Axes(), step=i, with_aux=False, dead=no_dead)
+        (loss, out), grads = jax.value_and_grad(module.loss, has_aux=True)(params, buffers, batches[i % 8], hp, ctx)
+        if constrained:
             grads = {**grads, "W_dec": constraints.remove_parallel_grad(params["W_dec"], grads["W_dec"])}
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        if module.constrained_decoder:
+        if constrained:
             params = {**params, "W_dec": constraints.normalise_rows(params["W_dec"])}
         full_mse = jnp.mean(jnp.sum((batches[i % 8] - out.x_hat) ** 2, axis=-1))
         return (params, out.buffers, opt_state), (loss, full_mse)
@@ -99,7 +112,7 @@ def test_loss_decreases_and_decoder_constraint_holds(arch, penalty):
     assert losses[-10:].mean() < 0.7 * losses[:10].mean(), (losses[:10].mean(), losses[-10:].mean())
     assert mses[-10:].mean() < 0.5 * mses[:10].mean(), (mses[:10].mean(), mses[-10:].mean())
     norms = jnp.linalg.norm(params["W_dec"], axis=-1)
-    if module.constrained_decoder:
+    if constrained:
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)
     else:
         assert float(jnp.max(jnp.abs(norms - 0.1))) > 1e-3  # relu: unconstrained, rows started at norm 0.1
@@ -117,15 +130,15 @@ def test_decoder_projection_helpers():
     np.testing.assert_allclose(step_norms, 1.0, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", TOPK_FAMILY)
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if bundle(a).uses_auxk])
 @pytest.mark.parametrize("member_k", [pytest.param(K, marks=pytest.mark.slow), 5])
 def test_sparse_path_equals_dense_reference(arch, member_k):
     x = sparse_dictionary_data(jax.random.key(2), n_rows=64)
     cfg_sparse, cfg_dense = make_cfg(arch), make_cfg(arch, sparse_decode=False)
-    params, buffers = make_member(arch, cfg_sparse, jax.random.key(3), x)
+    params, buffers, dead = make_member(arch, cfg_sparse, jax.random.key(3), x)
     hp = make_hp(arch, k=member_k)
-    sparse = jitted_loss_and_grad(arch, cfg_sparse)(params, buffers, x, hp)
-    dense = jitted_loss_and_grad(arch, cfg_dense)(params, buffers, x, hp)
+    sparse = jitted_loss_and_grad(arch, cfg_sparse)(params, buffers, dead, x, hp)
+    dense = jitted_loss_and_grad(arch, cfg_dense)(params, buffers, dead, x, hp)
     assert float(sparse[1].terms["auxk"]) > 0
     assert_trees_close(sparse, dense, what=f"{arch} sparse vs dense ")
 
@@ -140,13 +153,12 @@ def test_vmap_over_members_equals_separate_calls(arch):
               "l0_coeff": [1e-3, 1e-2, 0.1, 0.3], "bandwidth": [1e-3, 0.01, 0.1, 0.3],
               "threshold_ema_decay": [0.9, 0.99, 0.5, 0.0], "gated_aux_coeff": [1.0, 0.5, 2.0, 0.0],
               "l1_warmup_steps": [0, 50, 200, 1000], "l0_warmup_steps": [0, 50, 200, 1000]}
-    hps = [make_hp(arch, **{name: v[e] for name, v in varied.items() if name in base.get(arch).hparam_defaults})
-           for e in range(4)]
+    hps = [make_hp(arch, **{name: v[e] for name, v in varied.items()}) for e in range(4)]
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
-    params, buffers = stack([m[0] for m in members]), stack([m[1] for m in members])
+    params, buffers, dead = (stack([m[i] for m in members]) for i in range(3))
 
     member = jitted_loss_and_grad(arch, cfg)
-    batched = jax.jit(jax.vmap(member, in_axes=(0, 0, None, 0)))(params, buffers, x, stack(hps))
+    batched = jax.jit(jax.vmap(member, in_axes=(0, 0, 0, None, 0)))(params, buffers, dead, x, stack(hps))
     separate = stack([member(*members[e], x, hps[e]) for e in range(4)])
     assert_trees_close(batched, separate, what=f"{arch} vmap vs separate ")
     assert len(set(np.asarray(batched[0]).round(6))) == 4
@@ -156,19 +168,19 @@ def test_vmap_over_members_equals_separate_calls(arch):
 def test_fold_input_scale(arch):
     scale = 3.7
     cfg = make_cfg(arch)
-    module = base.get(arch)
+    module = base.build(cfg)
     x_n = sparse_dictionary_data(jax.random.key(5), n_rows=64)
-    params, buffers = make_member(arch, cfg, jax.random.key(6), x_n)
+    params, buffers, _ = make_member(arch, cfg, jax.random.key(6), x_n)
     params = {**params, "b_dec": params["b_dec"] + 0.1}
     hp = make_hp(arch)
-    folded = fold_input_scale(params, arch, scale)
+    folded = fold_input_scale(params, cfg, scale)
     x_raw = x_n / scale
-    f_n = module.encode(params, buffers, x_n, hp, cfg, Axes())
-    f_raw = module.encode(folded, buffers, x_raw, hp, cfg, Axes())
+    f_n = module.encode(params, buffers, x_n, hp, Axes())
+    f_raw = module.encode(folded, buffers, x_raw, hp, Axes())
     assert float(jnp.mean(f_n > 0)) > 0
     np.testing.assert_allclose(f_raw, f_n, rtol=1e-5, atol=1e-5)
-    x_hat_raw = module.decode(folded, f_raw, cfg, Axes())
-    np.testing.assert_allclose(x_hat_raw, module.decode(params, f_n, cfg, Axes()) / scale, rtol=1e-5, atol=1e-6)
+    x_hat_raw = module.decode(folded, f_raw, Axes())
+    np.testing.assert_allclose(x_hat_raw, module.decode(params, f_n, Axes()) / scale, rtol=1e-5, atol=1e-6)
 
 
 def test_geometric_median_ignores_far_outlier():
@@ -186,13 +198,13 @@ def test_geometric_median_ignores_far_outlier():
 def test_encode_matches_training_activations(arch):
     """Inference encode gives the latents the loss decodes (BatchTopK family: with threshold 0 and k = n)."""
     cfg = make_cfg(arch)
-    module = base.get(arch)
+    module = base.build(cfg)
     x = sparse_dictionary_data(jax.random.key(7), n_rows=64)
-    params, buffers = make_member(arch, cfg, jax.random.key(8), x)
+    params, buffers, dead = make_member(arch, cfg, jax.random.key(8), x)
     hp = make_hp(arch)
-    latents = module.encode(params, buffers, x, hp, cfg, Axes())
-    _, out = module.loss(params, buffers, x, hp, cfg, Axes(), jnp.int32(0), False)
-    x_hat = module.decode(params, latents, cfg, Axes())
+    latents = module.encode(params, buffers, x, hp, Axes())
+    _, out = module.loss(params, buffers, x, hp, LossContext(Axes(), jnp.int32(0), False, dead))
+    x_hat = module.decode(params, latents, Axes())
     if arch in ("batchtopk", "matryoshka"):
         assert float(out.l0) == pytest.approx(K, abs=0.5)
         assert float(out.buffers["threshold"]) != float(buffers["threshold"])
@@ -205,14 +217,14 @@ def test_encode_matches_training_activations(arch):
 
 def test_batchtopk_keeps_the_global_top_bk():
     """With enough per-row candidates the selection is exactly the B*k largest positive pre-activations."""
-    from jaxsae.sae import batchtopk, topk_core
+    from jaxsae.sae import batchtopk, sparse
 
     cfg = make_cfg("batchtopk", batchtopk_row_cap=16)
     x = sparse_dictionary_data(jax.random.key(11), n_rows=64)
-    params, buffers = make_member("batchtopk", cfg, jax.random.key(12), x)
+    params, buffers, dead = make_member("batchtopk", cfg, jax.random.key(12), x)
     hp = make_hp("batchtopk", k=5)
-    _, _, candidates, acts, new_buffers = batchtopk.select(params, buffers, x, hp, cfg, Axes())
-    dense = topk_core.scatter_dense(acts, candidates, N)
+    fwd, new_buffers = batchtopk.select(params, buffers, x, hp, cfg, LossContext(Axes(), jnp.int32(0), False, dead))
+    dense = sparse.scatter_dense(fwd.acts, fwd.sel, N)
     pre = (x - params["b_dec"][None, :]) @ params["W_enc"] + params["b_enc"][None, :]
     kth = jnp.sort(pre.reshape(-1))[-64 * 5]
     np.testing.assert_allclose(dense, jnp.where(pre >= kth, jax.nn.relu(pre), 0.0), rtol=1e-5, atol=1e-5)
@@ -221,24 +233,24 @@ def test_batchtopk_keeps_the_global_top_bk():
 
 
 def test_matryoshka_prefix_losses_use_only_leading_latents():
-    from jaxsae.sae import batchtopk, matryoshka, topk_core
+    from jaxsae.sae import batchtopk, sparse
 
     cfg = make_cfg("matryoshka", matryoshka_prefixes=(16, 40, N))
     x = sparse_dictionary_data(jax.random.key(13), n_rows=64)
-    params, buffers = make_member("matryoshka", cfg, jax.random.key(14), x)
+    params, buffers, dead = make_member("matryoshka", cfg, jax.random.key(14), x)
     hp = make_hp("matryoshka")
-    loss, out = matryoshka.loss(params, buffers, x, hp, cfg, Axes(), jnp.int32(0), False)
-    _, _, candidates, acts, _ = batchtopk.select(params, buffers, x, hp, cfg, Axes())
-    dense = topk_core.scatter_dense(acts, candidates, N)
+    ctx = LossContext(Axes(), jnp.int32(0), False, dead)
+    loss, out = base.build(cfg).loss(params, buffers, x, hp, ctx)
+    fwd, _ = batchtopk.select(params, buffers, x, hp, cfg, ctx)
+    dense = sparse.scatter_dense(fwd.acts, fwd.sel, N)
     per_prefix = [jnp.mean(jnp.sum((x - dense[:, :m] @ params["W_dec"][:m] - params["b_dec"][None, :]) ** 2, axis=-1))
                   for m in cfg.prefixes]
     np.testing.assert_allclose(loss, np.mean(per_prefix), rtol=1e-5)
     assert len(set(np.round(per_prefix, 6))) == len(cfg.prefixes)
     # One prefix covering the whole dictionary is BatchTopK.
     single = make_cfg("matryoshka", matryoshka_prefixes=(N,))
-    reference, _ = batchtopk.loss(params, buffers, x, hp, single, Axes(), jnp.int32(0), False)
-    np.testing.assert_allclose(matryoshka.loss(params, buffers, x, hp, single, Axes(), jnp.int32(0), False)[0],
-                               reference, rtol=1e-6)
+    reference, _ = base.build(make_cfg("batchtopk")).loss(params, buffers, x, hp, ctx)
+    np.testing.assert_allclose(base.build(single).loss(params, buffers, x, hp, ctx)[0], reference, rtol=1e-6)
 
 
 @pytest.mark.parametrize("ste_to_input", [False, True])

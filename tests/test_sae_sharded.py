@@ -11,7 +11,10 @@ from jax.sharding import PartitionSpec as P
 
 from test_sae import N, D, assert_trees_close, loss_and_grad, make_cfg, make_hp, make_member, sparse_dictionary_data
 
-from jaxsae.sae.base import ARCHITECTURES, Axes
+from jaxsae.sae import builtin_names
+from jaxsae.sae.base import Axes
+
+ARCHITECTURES = builtin_names()
 
 MESHES = {"data8": ((8,), ("data",)), "data2_latent4": ((2, 4), ("data", "latent")), "latent8": ((8,), ("latent",))}
 E, B = 2, 64
@@ -36,23 +39,23 @@ def stacked_members(arch, cfg, x):
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
     hp = stack([make_hp(arch, k=k, l1_coeff=0.05 * (e + 1), l0_coeff=0.01 * (e + 1))
                 for e, k in enumerate((8, 5))])
-    hp = {name: value for name, value in hp.items() if name in make_hp(arch)}
-    return stack([m[0] for m in members]), stack([m[1] for m in members]), hp
+    return stack([m[0] for m in members]), stack([m[1] for m in members]), stack([m[2] for m in members]), hp
 
 
-def sharded_loss_and_grad(arch, cfg, mesh, params, buffers, x, hp):
+def sharded_loss_and_grad(arch, cfg, mesh, params, buffers, dead, x, hp):
     data = "data" if "data" in mesh.axis_names else None
     latent = "latent" if "latent" in mesh.axis_names else None
     axes = Axes(data=data, latent=latent)
-    member = lambda p, b, h, x: loss_and_grad(arch, cfg, p, b, x, h, axes)  # noqa: E731
-    unsharded = lambda p, b, h, x: loss_and_grad(arch, cfg, p, b, x, h)  # noqa: E731
-    reference = jax.eval_shape(jax.vmap(unsharded, in_axes=(0, 0, 0, None)), params, buffers, hp, x)
+    member = lambda p, b, d, h, x: loss_and_grad(arch, cfg, p, b, d, x, h, axes)  # noqa: E731
+    unsharded = lambda p, b, d, h, x: loss_and_grad(arch, cfg, p, b, d, x, h)  # noqa: E731
+    reference = jax.eval_shape(jax.vmap(unsharded, in_axes=(0, 0, 0, 0, None)), params, buffers, dead, hp, x)
     out_specs = latent_specs(reference, latent)
     out_specs = (out_specs[0], out_specs[1]._replace(x_hat=P(None, data, None)), out_specs[2])
-    in_specs = (latent_specs(params, latent), latent_specs(buffers, latent), latent_specs(hp, latent), P(data, None))
-    fn = jax.jit(jax.shard_map(jax.vmap(member, in_axes=(0, 0, 0, None)), mesh=mesh, in_specs=in_specs,
+    in_specs = (latent_specs(params, latent), latent_specs(buffers, latent), latent_specs(dead, latent),
+                latent_specs(hp, latent), P(data, None))
+    fn = jax.jit(jax.shard_map(jax.vmap(member, in_axes=(0, 0, 0, 0, None)), mesh=mesh, in_specs=in_specs,
                                out_specs=out_specs))
-    return fn, fn(*(put(mesh, a, s) for a, s in zip((params, buffers, hp, x), in_specs)))
+    return fn, fn(*(put(mesh, a, s) for a, s in zip((params, buffers, dead, hp, x), in_specs)))
 
 
 def mesh_cases():
@@ -66,10 +69,10 @@ def mesh_cases():
 def test_sharded_equals_unsharded(arch, mesh_name):
     cfg = make_cfg(arch, jumprelu_ste_to_input=True)
     x = sparse_dictionary_data(jax.random.key(9), n_rows=B)
-    params, buffers, hp = stacked_members(arch, cfg, x)
-    expected = jax.jit(jax.vmap(lambda p, b, h: loss_and_grad(arch, cfg, p, b, x, h)))(params, buffers, hp)
-    _, got = sharded_loss_and_grad(arch, cfg, make_mesh(mesh_name), params, buffers, x, hp)
-    if arch in ("topk", "batchtopk", "matryoshka"):
+    params, buffers, dead, hp = stacked_members(arch, cfg, x)
+    expected = jax.jit(jax.vmap(lambda p, b, d, h: loss_and_grad(arch, cfg, p, b, d, x, h)))(params, buffers, dead, hp)
+    _, got = sharded_loss_and_grad(arch, cfg, make_mesh(mesh_name), params, buffers, dead, x, hp)
+    if "auxk" in expected[1].terms:
         assert np.all(np.asarray(expected[1].terms["auxk"]) > 0)
     assert_trees_close(got, expected, rtol=5e-5, atol=5e-5, what=f"{arch} on {mesh_name}: ")
 
@@ -79,9 +82,9 @@ def test_sharded_equals_unsharded(arch, mesh_name):
 def test_sharded_dense_reference_path(arch):
     cfg = make_cfg(arch, sparse_decode=False)
     x = sparse_dictionary_data(jax.random.key(9), n_rows=B)
-    params, buffers, hp = stacked_members(arch, cfg, x)
-    expected = jax.jit(jax.vmap(lambda p, b, h: loss_and_grad(arch, cfg, p, b, x, h)))(params, buffers, hp)
-    _, got = sharded_loss_and_grad(arch, cfg, make_mesh("data2_latent4"), params, buffers, x, hp)
+    params, buffers, dead, hp = stacked_members(arch, cfg, x)
+    expected = jax.jit(jax.vmap(lambda p, b, d, h: loss_and_grad(arch, cfg, p, b, d, x, h)))(params, buffers, dead, hp)
+    _, got = sharded_loss_and_grad(arch, cfg, make_mesh("data2_latent4"), params, buffers, dead, x, hp)
     assert_trees_close(got, expected, rtol=5e-5, atol=5e-5, what=f"{arch} dense, data2_latent4: ")
 
 
@@ -99,12 +102,12 @@ def all_gather_shapes(hlo: str) -> list[tuple[int, ...]]:
 def test_latent_sharded_topk_gathers_only_candidates(mesh_name):
     cfg = make_cfg("topk")
     x = sparse_dictionary_data(jax.random.key(9), n_rows=B)
-    params, buffers, hp = stacked_members("topk", cfg, x)
+    params, buffers, dead, hp = stacked_members("topk", cfg, x)
     mesh = make_mesh(mesh_name)
-    fn, _ = sharded_loss_and_grad("topk", cfg, mesh, params, buffers, x, hp)
-    in_specs = (latent_specs(params, "latent"), latent_specs(buffers, "latent"), latent_specs(hp, "latent"),
-                P("data" if "data" in mesh.axis_names else None, None))
-    hlo = fn.lower(*(put(mesh, a, s) for a, s in zip((params, buffers, hp, x), in_specs))).compile().as_text()
+    fn, _ = sharded_loss_and_grad("topk", cfg, mesh, params, buffers, dead, x, hp)
+    in_specs = (latent_specs(params, "latent"), latent_specs(buffers, "latent"), latent_specs(dead, "latent"),
+                latent_specs(hp, "latent"), P("data" if "data" in mesh.axis_names else None, None))
+    hlo = fn.lower(*(put(mesh, a, s) for a, s in zip((params, buffers, dead, hp, x), in_specs))).compile().as_text()
     shapes = all_gather_shapes(hlo)
     shards = mesh.shape["latent"]
     b_local = B // mesh.shape.get("data", 1)
