@@ -21,7 +21,9 @@ from jaxsae.train import distributed
 from jaxsae.train import mesh as mesh_lib
 from jaxsae.train.config import DistributedConfig, make_config
 from jaxsae.train.lock import RunLock, RunLockedError
-from jaxsae.train.step import init_state
+from jaxsae.sae.base import build
+from jaxsae.train import optim
+from jaxsae.train.state import init_state, member_seeds
 
 
 def _config(shape):
@@ -34,11 +36,12 @@ def _state(shape, seed=0):
     cfg = _config(shape)
     mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[: int(np.prod(shape))])
     b_dec = np.random.default_rng(seed).standard_normal(16).astype(np.float32)
-    state = init_state(cfg, mesh, b_dec, 0.5)
+    arch = build(cfg.sae)
+    state = init_state(arch, optim.for_config(cfg, arch), mesh, member_seeds(cfg), b_dec, 0.5)
     # Non-trivial values in every kind of leaf: params, counters, thresholds, accumulators, step.
-    state = state.replace(step=state.step + 7, buffers={**state.buffers, "threshold": state.buffers["threshold"] + 0.25,
-                                                        "rows_since_fired": state.buffers["rows_since_fired"] + 3},
-                          acc={**state.acc, "loss": state.acc["loss"] + 1.5})
+    buffers = state.buffers.replace(arch={"threshold": state.buffers.arch["threshold"] + 0.25},
+                                    rows_since_fired=state.buffers.rows_since_fired + 3)
+    state = state.replace(step=state.step + 7, buffers=buffers, acc=state.acc.replace(loss=state.acc.loss + 1.5))
     return cfg, mesh, state
 
 

@@ -10,8 +10,8 @@ import jaxsae
 from jaxsae.analysis import AnalysisError, TokenCodes, encode_store
 from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.dictionary import SPARSE_DEFAULT_ROWS, load, save_dictionary
-from jaxsae.sae import base
-from jaxsae.sae.base import ARCHITECTURES, SAEConfig
+from jaxsae.sae import base, builtin_names
+from jaxsae.sae.base import SAEConfig
 from jaxsae.sae.init import geometric_median
 from jaxsae.store import StoreWriter
 
@@ -27,9 +27,9 @@ def saved_dictionary(arch, folder, n_latents=256, k=8, seed=0):
     """An initialised dictionary saved and loaded by the real code; thresholds raised so that rows differ in
     how many latents fire (the selection cap has to grow for every architecture but TopK)."""
     cfg = SAEConfig(architecture=arch, d_model=D, n_latents=n_latents, k=k)
-    module = base.get(arch)
-    params = module.init(jax.random.key(seed), cfg, jnp.asarray(geometric_median(rows(512, seed + 1))))
-    buffers = module.init_buffers(cfg)
+    module = base.build(cfg)
+    params = module.init(jax.random.key(seed), jnp.asarray(geometric_median(rows(512, seed + 1))))
+    buffers = module.init_buffers()
     if "threshold" in buffers:
         buffers["threshold"] = jnp.asarray(0.2, jnp.float32)
     if "threshold" in params:
@@ -37,7 +37,7 @@ def saved_dictionary(arch, folder, n_latents=256, k=8, seed=0):
     return load(save_dictionary(folder / arch, sae=cfg, params=params, buffers=buffers, hparams={}, scale=1.7))
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", builtin_names())
 def test_sparse_codes_equal_the_dense_latents_exactly(arch, tmp_path):
     d = saved_dictionary(arch, tmp_path)
     x = rows(1300)
@@ -99,7 +99,7 @@ def test_encode_store_refuses_a_wrong_width_and_an_incomplete_store(synth_store,
     wide = saved_dictionary("topk", tmp_path)
     narrow_cfg = SAEConfig(architecture="topk", d_model=8, n_latents=32, k=4)
     narrow = load(save_dictionary(
-        tmp_path / "narrow", sae=narrow_cfg, params=base.get("topk").init(jax.random.key(0), narrow_cfg, jnp.zeros(8)),
+        tmp_path / "narrow", sae=narrow_cfg, params=base.build(narrow_cfg).init(jax.random.key(0), jnp.zeros(8)),
         buffers={}, hparams={}, scale=1.0))
     with pytest.raises(AnalysisError, match=r"d_model=8 activations but store .* d_model=16; use a dictionary"):
         encode_store(synth_store, narrow, progress=False)

@@ -10,7 +10,7 @@ import pytest
 
 import jaxsae
 from jaxsae.data.synthetic import SynthConfig, synthesize
-from jaxsae.sae import ARCHITECTURES
+from jaxsae.sae import builtin_names
 from jaxsae.train.config import load_config
 from jaxsae.train.loop import train
 from jaxsae.train.metrics import read_metrics
@@ -51,7 +51,7 @@ def test_relu_l1_recovers_the_true_features(synth_store, tmp_path):
     assert recovery["frac_recovered"] >= 0.9, recovery
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", builtin_names())
 def test_every_architecture_trains_and_saves_a_loadable_dictionary(arch, tiny_store, tmp_path):
     cfg = _cfg(tiny_store, tmp_path / "run", f"sae.architecture={arch}", "sae.d_model=16", "sae.n_latents=64",
                "sae.k=4", "steps=120", "log_every=20", "data.batch_rows=256", "optim.lr=3e-3",

@@ -138,9 +138,9 @@ def make_summarise(cfg: TrainConfig, mesh, specs):
         return metrics_lib.summarise(acc, rows_since_fired, cfg.sae.dead_after_rows, "latent")
 
     def summarise(acc, rows_since_fired):
+        unsharded = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (acc, rows_since_fired))
         local_shapes = jax.eval_shape(functools.partial(metrics_lib.summarise, latent_axis=None,
-                                                        dead_after_rows=cfg.sae.dead_after_rows),
-                                      acc, rows_since_fired)
+                                                        dead_after_rows=cfg.sae.dead_after_rows), *unsharded)
         out_specs = jax.tree.map(lambda _: P("ens"), local_shapes)  # every summary leaf is per member
         return jax.shard_map(local, mesh=mesh, in_specs=(specs.acc, specs.buffers.rows_since_fired),
                              out_specs=out_specs)(acc, rows_since_fired)
