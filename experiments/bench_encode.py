@@ -38,8 +38,7 @@ def build_inputs(cache: Path, rows: int, n_latents: int, k: int) -> tuple[Path, 
 
     import jaxsae
     from jaxsae.dictionary import save_dictionary
-    from jaxsae.sae import base
-    from jaxsae.sae.base import SAEConfig
+    from jaxsae.sae.base import SAEConfig, build
 
     store = cache / f"store_{rows}_d{D_MODEL}"
     try:
@@ -54,7 +53,7 @@ def build_inputs(cache: Path, rows: int, n_latents: int, k: int) -> tuple[Path, 
     dictionary = cache / f"topk_n{n_latents}_k{k}"
     if not (dictionary / "config.json").is_file():
         cfg = SAEConfig(architecture="topk", d_model=D_MODEL, n_latents=n_latents, k=k)
-        params = base.get("topk").init(jax.random.key(0), cfg, jnp.zeros(D_MODEL))
+        params = build(cfg).init(jax.random.key(0), jnp.zeros(D_MODEL))
         save_dictionary(dictionary, sae=cfg, params=params, buffers={}, hparams={"k": k}, scale=1.0)
     return store, dictionary
 

@@ -21,34 +21,53 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse  # noqa: E402
 import time  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxsae.train import mesh as mesh_lib  # noqa: E402
-from jaxsae.train.checkpoint import abstract_state  # noqa: E402
-from jaxsae.train.config import make_config  # noqa: E402
-from jaxsae.train.step import hparam_arrays, init_state, make_train_step  # noqa: E402
+from jaxsae.sae.base import SAEConfig, build, hparams_as_arrays  # noqa: E402
+from jaxsae.train.config import MeshConfig, OptimConfig  # noqa: E402
+from jaxsae.train.optim import make_optimizer  # noqa: E402
+from jaxsae.train.state import MemberSettings, init_state, state_specs  # noqa: E402
+from jaxsae.train.step import make_train_step  # noqa: E402
 
 GIB = 1024**3
 
 
-def config(arch: str, d: int, n: int, k: int, batch: int, shape: tuple[int, int, int], sparse_decode: bool = True):
-    return make_config({"sae": {"architecture": arch, "d_model": d, "n_latents": n, "k": k,
-                                "sparse_decode": sparse_decode},
-                        "data": {"store": "in-memory", "batch_rows": batch}, "steps": 1000,
-                        "mesh": dict(zip(("data", "ens", "latent"), shape))})
+class Case(NamedTuple):
+    """One benchmarked step: the dictionary, the global batch rows and the (data, ens, latent) mesh shape."""
+
+    sae: SAEConfig
+    batch_rows: int
+    shape: tuple[int, int, int]
 
 
-def step_seconds(cfg, shape, repeats: int) -> float:
+def config(arch: str, d: int, n: int, k: int, batch: int, shape: tuple[int, int, int],
+           sparse_decode: bool = True) -> Case:
+    return Case(SAEConfig(architecture=arch, d_model=d, n_latents=n, k=k, sparse_decode=sparse_decode), batch, shape)
+
+
+def step_parts(cfg: Case):
+    """(arch, optimizer, mesh, jitted step, member settings on the mesh) for one member, 1,000 planned steps."""
+    arch = build(cfg.sae)
+    tx = make_optimizer(OptimConfig(), 1000, arch, mesh_lib.MESH_AXES.latent)
+    mesh = mesh_lib.make_mesh(MeshConfig(*cfg.shape), jax.devices()[: int(np.prod(cfg.shape))])
+    step = make_train_step(arch, tx, mesh, dead_after_rows=cfg.sae.dead_after_rows)
+    settings = MemberSettings(hparams_as_arrays(arch, [arch.default_hparams], np),
+                              np.full(1, OptimConfig().lr, np.float32))
+    return arch, tx, mesh, step, settings
+
+
+def step_seconds(cfg: Case, shape, repeats: int) -> float:
     """Median wall seconds of one train step on the first prod(shape) devices."""
-    mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[: int(np.prod(shape))])
-    state = init_state(cfg, mesh, np.zeros(cfg.sae.d_model, np.float32), 1.0)
-    step = make_train_step(cfg, mesh, state)
-    hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
+    arch, tx, mesh, step, settings = step_parts(cfg)
+    state = init_state(arch, tx, mesh, np.zeros(1, np.uint32), np.zeros(cfg.sae.d_model, np.float32), 1.0)
+    hp = jax.device_put(settings, NamedSharding(mesh, P("ens")))
     rng = np.random.default_rng(0)
-    x = jax.device_put(rng.standard_normal((cfg.data.batch_rows, cfg.sae.d_model)).astype(np.float32),
+    x = jax.device_put(rng.standard_normal((cfg.batch_rows, cfg.sae.d_model)).astype(np.float32),
                        NamedSharding(mesh, P("data", None)))
     state, m = step(state, x, hp)  # compile + warm-up
     m["loss"].block_until_ready()
@@ -63,12 +82,14 @@ def step_seconds(cfg, shape, repeats: int) -> float:
 
 def memory_per_device(cfg, shape) -> dict:
     """XLA's memory analysis of the compiled step (per device), from abstract arrays: nothing is allocated."""
-    mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[: int(np.prod(shape))])
-    state = abstract_state(cfg, mesh)
-    step = make_train_step(cfg, mesh, state)
-    hp = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(mesh, P("ens")))
-          for k, v in hparam_arrays(cfg).items()}
-    x = jax.ShapeDtypeStruct((cfg.data.batch_rows, cfg.sae.d_model), np.float32,
+    arch, tx, mesh, step, settings = step_parts(cfg)
+    shapes = jax.eval_shape(lambda: init_state(arch, tx, mesh, np.zeros(1, np.uint32),
+                                               np.zeros(cfg.sae.d_model, np.float32), 1.0))
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, s)),
+                         shapes, state_specs(shapes, arch, tx))
+    hp = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(mesh, P("ens"))),
+                      settings)
+    x = jax.ShapeDtypeStruct((cfg.batch_rows, cfg.sae.d_model), np.float32,
                              sharding=NamedSharding(mesh, P("data", None)))
     t = time.perf_counter()
     analysis = step.lower(state, x, hp).compile().memory_analysis()

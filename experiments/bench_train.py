@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/bench_train.py [--d 512 --n 16384 --k 32 --batch 4096 --arch topk]
 
-Prints rows/s of the jitted, donated trainer step (the real `make_train_step`, one device) for the sparse
+Prints rows/s of the jitted, donated trainer step (the real `jaxsae.train.step.make_train_step`, one device) for the sparse
 (gather/scatter) and dense-reference decode paths, and the ratio step_time / matmul_time where the matmul is
 `[batch, d] @ [d, n]` in float32 — the cost floor of any SAE step. Target: sparse TopK step <= 2x matmul.
 """
@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsae.sae.base import SAEConfig
+from jaxsae.sae.base import SAEConfig, build, hparams_as_arrays
 from jaxsae.train import mesh as mesh_lib
-from jaxsae.train.config import DataConfig, MeshConfig, TrainConfig
-from jaxsae.train.step import hparam_arrays, init_state, make_train_step
+from jaxsae.train.config import MeshConfig, OptimConfig
+from jaxsae.train.optim import make_optimizer
+from jaxsae.train.state import MemberSettings, init_state
+from jaxsae.train.step import make_train_step
 
 
 def timed(fn, repeats: int) -> float:
@@ -35,16 +37,20 @@ def timed(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench_step(cfg: TrainConfig, x: np.ndarray, repeats: int) -> float:
-    mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])
-    state = init_state(cfg, mesh, np.zeros(cfg.sae.d_model, np.float32), 1.0)
-    step = make_train_step(cfg, mesh, state)
-    hp = {k: jax.device_put(v, NamedSharding(mesh, P("ens"))) for k, v in hparam_arrays(cfg).items()}
+def bench_step(sae: SAEConfig, members: int, x: np.ndarray, repeats: int) -> float:
+    arch = build(sae)
+    tx = make_optimizer(OptimConfig(), 10_000, arch, mesh_lib.MESH_AXES.latent)
+    mesh = mesh_lib.make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    state = init_state(arch, tx, mesh, np.arange(members, dtype=np.uint32), np.zeros(sae.d_model, np.float32), 1.0)
+    step = make_train_step(arch, tx, mesh, dead_after_rows=sae.dead_after_rows)
+    settings = MemberSettings(hparams_as_arrays(arch, [arch.default_hparams] * members, np),
+                              np.full(members, OptimConfig().lr, np.float32))
+    settings = jax.device_put(settings, NamedSharding(mesh, P("ens")))
     xb = jax.device_put(x, NamedSharding(mesh, P("data", None)))
     holder = [state]
 
     def run():
-        holder[0], _ = step(holder[0], xb, hp)
+        holder[0], _ = step(holder[0], xb, settings)
         holder[0].step.block_until_ready()
 
     return timed(run, repeats)
@@ -69,18 +75,13 @@ def main() -> None:
     matmul = jax.jit(lambda a, b: a @ b)
     t_mm = timed(lambda: matmul(xj, wj).block_until_ready(), args.repeats)
 
-    base = TrainConfig(
-        run_dir="unused", sae=SAEConfig(architecture=args.arch, d_model=args.d, n_latents=args.n, k=args.k,
-                                        dead_after_rows=1 if args.auxk else 10_000_000),
-        data=DataConfig(store="unused", batch_rows=args.batch), mesh=MeshConfig(data=1), steps=10_000,
-        members=tuple({} for _ in range(args.members)),
-    )
+    sae = SAEConfig(architecture=args.arch, d_model=args.d, n_latents=args.n, k=args.k,
+                    dead_after_rows=1 if args.auxk else 10_000_000)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.arch} d={args.d} n={args.n} "
           f"k={args.k} batch={args.batch} members={args.members}{' with AuxK every step' if args.auxk else ''}")
     print(f"dense encoder matmul [{args.batch},{args.d}]@[{args.d},{args.n}]: {t_mm * 1e3:.1f} ms")
     for name, sparse in (("sparse", True), ("dense", False)):
-        cfg = dataclasses.replace(base, sae=dataclasses.replace(base.sae, sparse_decode=sparse))
-        t = bench_step(cfg, x, args.repeats)
+        t = bench_step(dataclasses.replace(sae, sparse_decode=sparse), args.members, x, args.repeats)
         print(f"{name:6s} step: {t * 1e3:8.1f} ms  {args.batch / t:12,.0f} rows/s  "
               f"{args.batch * args.members / t:12,.0f} member-rows/s  step/(members x matmul) = "
               f"{t / (t_mm * args.members):.2f}")

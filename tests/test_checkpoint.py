@@ -141,3 +141,19 @@ def test_distributed_settings_come_from_config_then_environment():
         distributed.resolve(DistributedConfig(coordinator="localhost:1"), {})
     with pytest.raises(ConfigError, match="distributed.mode"):
         make_config({"data": {"store": "x"}, "steps": 1, "distributed": {"mode": "sometimes"}})
+
+
+def test_a_checkpoint_of_the_older_state_layout_is_refused_with_the_fix(tmp_path):
+    """A run folder checkpointed by a jaxsae whose TrainState held plain dicts (buffers with rows_since_fired,
+    accumulators by key) does not restore into the typed state: one error that names --restart."""
+    cfg, mesh, state = _state((1, 1, 2))
+    old_layout = state.replace(
+        buffers={"threshold": state.buffers.arch["threshold"], "rows_since_fired": state.buffers.rows_since_fired},
+        acc={"loss": state.acc.loss, "fire_count": state.acc.fire_count, "rows": state.acc.rows})
+    store = ckpt.RunCheckpoints(str(tmp_path), keep=2)
+    store.save(7, old_layout, StreamState(0, 7), cfg.to_dict())
+    store.close()
+    again = ckpt.RunCheckpoints(str(tmp_path), keep=2)
+    with pytest.raises(ckpt.CheckpointError, match="older jaxsae.*rerun with --restart"):
+        again.restore_latest(ckpt.abstract_state(cfg, mesh))
+    again.close()
