@@ -3,9 +3,9 @@
 Per device batch, the dense latents [B, n] come from the same jitted encode as `Dictionary.encode`'s dense
 path (so the two agree bit for bit); a second jitted function keeps each row's `cap + 1` largest latents with
 `lax.top_k` (which keeps the largest values, so this relies on the architecture contract's guarantee that
-inference latents are non-negative, `Architecture.nonnegative_latents`; the builder refuses others). Only [B, cap + 1] values
-+ indices reach the host, which checks that no row overflowed (its (cap + 1)-th value is zero), puts each
-row's columns in order and drops zeros. `cap` is the architecture's bound (`max_active_per_row`, TopK: k) or,
+inference latents are non-negative, `Architecture.nonnegative_latents`; the builder refuses others). Only
+[B, cap + 1] values + indices reach the host, which checks that no row overflowed (its (cap + 1)-th value is
+zero), puts each row's columns in order and drops zeros. `cap` is the architecture's bound (`max_active_per_row`, TopK: k) or,
 without one, the previous batch's largest row count rounded up to a power of two; a batch with a row of more
 non-zeros than its cap is selected again from its latents, still on device, with a cap that fits.
 
