@@ -1,7 +1,8 @@
 """The architecture contract: static config, the typed bundle every architecture's constructor returns, its
 hyperparameter validation, and the registry (`get`, `register`) that finds architectures by name.
 
-An architecture is one module `jaxsae/sae/<name>.py` exporting ONE constructor named `<name>`:
+An architecture is one module `jaxsae/sae/<name>.py` exporting ONE constructor named `<name>` (its
+`__all__ == ["<name>"]`, which is how `builtin_names` tells architectures from helper modules):
 `<name>(cfg: SAEConfig) -> Architecture` (optax-style: it closes over the static config and returns pure
 functions plus the metadata everything else derives from). Architectures defined elsewhere are added with
 `register(name, constructor)`; the trainer, the saved dictionaries and `jaxsae.load` then work with them unchanged.
