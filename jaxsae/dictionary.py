@@ -20,6 +20,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
+from jaxsae.errors import DictionaryError
 from jaxsae.sae import base as sae_base
 from jaxsae.sae.base import SAEConfig
 
@@ -31,10 +32,6 @@ BUFFER_PREFIX = "buffer."
 TMP_PREFIX = ".tmp-dictionary-"
 RUN_COMPLETE_FILE = "run.json"  # the trainer's "finished" marker (jaxsae.train.run_folder writes it)
 SPARSE_DEFAULT_ROWS = 4096  # encode(x) of more rows than this returns a sparse matrix unless sparse=False
-
-
-class DictionaryError(ValueError):
-    """A dictionary folder that cannot be loaded; the message says what is wrong and what to do."""
 
 
 def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str, np.ndarray],
@@ -162,7 +159,7 @@ class Dictionary:
         if batch_rows is None:
             return default_batch_rows(self.n_latents)
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-            raise ValueError(f"batch_rows: expected a positive integer, got {batch_rows!r}")
+            raise DictionaryError(f"batch_rows: expected a positive integer, got {batch_rows!r}")
         return batch_rows
 
     def _latents_on_device(self, x: np.ndarray, batch_rows: int) -> jax.Array:
@@ -189,7 +186,8 @@ class Dictionary:
     def _check(a, width: int, name: str) -> np.ndarray:
         a = np.asarray(a, np.float32)
         if a.ndim != 2 or a.shape[1] != width:
-            raise ValueError(f"{name}: expected shape [rows, {width}], got {list(a.shape)}")
+            raise DictionaryError(f"{name}: expected shape [rows, {width}], got {list(a.shape)}; pass a 2-D array "
+                                  f"with {width} columns")
         return a
 
 

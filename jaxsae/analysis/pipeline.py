@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from jaxsae.analysis.enrichment import resolve_gene_sets
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ def compute(dictionary, store, *, adata=None, obs: str | None = None, agg: str =
     genes_table = top_genes(codes, genes, top=top) if token_store else None
     promoted = None
     if model_dir is not None:
-        from extract.heads import promoted_genes
+        from jaxsae.plugins import promoted_genes  # the extractor's, through an entry point (jaxsae.plugins)
 
         promoted = promoted_genes(model_dir, dictionary_obj, store, top=top)
     enrichment = None

@@ -7,15 +7,13 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 
+from jaxsae.errors import ConfigError
+
 Params = dict[str, jax.Array]
 Buffers = dict[str, jax.Array]
 HParams = dict[str, jax.Array]
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and the fix."""
 
 
 class Axes(NamedTuple):

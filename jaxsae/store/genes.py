@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxsae.store.errors import StoreError
+from jaxsae.errors import StoreError
 
 GENES_FILE = "genes.tsv"
 COLUMNS = ("token_id", "gene_id", "symbol")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxsae.store.errors import StoreError
+from jaxsae.errors import StoreError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 
 from jaxsae.data.stream import StreamState
-from jaxsae.sae.base import ConfigError
+from jaxsae.errors import CheckpointError
 from jaxsae.train.config import TrainConfig
 from jaxsae.train.step import TrainState, init_state, state_specs
 
@@ -56,10 +56,6 @@ _ITEMS = ("state", "stream", "config", "checksums")
 _NOISY_LOGGERS = ("absl", "asyncio", "orbax", "orbax.checkpoint", "jax._src.distributed")
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ConfigError):
-    """Checkpoints exist but none can be restored (or one cannot be written)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import time
 
 from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
 from jaxsae.dictionary import TMP_PREFIX as TMP_DICTIONARY_PREFIX
-from jaxsae.sae.base import ConfigError
+from jaxsae.errors import ConfigError
 from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
 
 RESULT_NEUTRAL = ("run_dir", "mesh.*", "distributed.*", "progress", "log_every", "tensorboard", "checkpoint_every",
