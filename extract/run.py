@@ -35,7 +35,6 @@ import collections
 import concurrent.futures
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from extract.counts import CountSource, sha256_file
 from extract.errors import ExtractError
 from extract.models import ExtractModel, load_model
 from extract.tokenize.genes import TokenizedCells
+from jaxsae.atomic import write_atomic
 from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
 from jaxsae.store.genes import write_genes
 from jaxsae.store.manifest import obs_names_sha256, read_manifest
@@ -225,16 +225,6 @@ class _Stores:
             writer.close()
 
 
-def _write_json_atomic(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(content, indent=2, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: ExtractConfig) -> dict[int, torch.Tensor]:
     """{layer: [B, L, d] hidden states} of one batch (residual stream after each requested block; the blocks
     after the deepest requested one are not run)."""
@@ -337,15 +327,15 @@ def extract(
                             f"(listed in {out_dir / SKIPPED_FILE})")
             try:
                 (out_dir / INDEX_FILE).unlink(missing_ok=True)
-                _write_json_atomic(out_dir / SKIPPED_FILE, {"reason": "no expressed model gene",
-                                                            "cell_index": skipped.tolist()})
+                write_atomic(out_dir / SKIPPED_FILE, json.dumps({"reason": "no expressed model gene",
+                                                                 "cell_index": skipped.tolist()}, indent=2))
                 stores = _Stores(paths, sources, model.d_model, config, source.n_cells, model.gene_table())
                 _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
                 stores.close()
-                _write_json_atomic(out_dir / INDEX_FILE, {
+                write_atomic(out_dir / INDEX_FILE, json.dumps({
                     "complete": True, "layers": layers, "kinds": kinds, "source": common,
                     "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
-                })
+                }, indent=2, default=str))
             except (OSError, StoreWriteError) as err:
                 reason = err.reason if isinstance(err, StoreWriteError) else str(err)
                 raise ExtractError(

@@ -10,8 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -19,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxsae.atomic import atomic_folder
 from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
 from jaxsae.errors import DictionaryError
 from jaxsae.sae import base as sae_base
@@ -29,7 +28,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "dictionary.safetensors"
 CONFIG_FILE = "config.json"
 BUFFER_PREFIX = "buffer."
-TMP_PREFIX = ".tmp-dictionary-"
 RUN_COMPLETE_FILE = "run.json"  # the trainer's "finished" marker (jaxsae.train.run_folder writes it)
 SPARSE_DEFAULT_ROWS = 4096  # encode(x) of more rows than this returns a sparse matrix unless sparse=False
 
@@ -59,19 +57,10 @@ def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str
         "normalisation": {"training_scale": float(scale), "folded_into_weights": True},
         "source": source or {}, "metrics": metrics or {}, **(extra or {}),
     }
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent)
-    try:
+    with atomic_folder(path) as tmp:
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": FORMAT})
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, default=_json_default)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from jaxsae.atomic import atomic_path
+
 TRUTH_FILE = "ground_truth.npz"
 
 
@@ -73,9 +75,8 @@ def synthesize(path: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, ove
         source={"model": "synthetic", "layer": None, "kind": "synthetic", "synth": dataclasses.asdict(cfg)},
     )
     directions, offset = _truth(cfg)
-    tmp = os.path.join(path, TRUTH_FILE + ".tmp.npz")
-    np.savez(tmp, directions=directions, offset=offset, config=json.dumps(dataclasses.asdict(cfg)))
-    os.replace(tmp, os.path.join(path, TRUTH_FILE))
+    with atomic_path(os.path.join(path, TRUTH_FILE)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, directions=directions, offset=offset, config=json.dumps(dataclasses.asdict(cfg)))
     with writer:
         for start in range(0, cfg.rows, chunk):
             stop = min(cfg.rows, start + chunk)

@@ -42,6 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 
+from jaxsae.atomic import write_atomic
 from jaxsae.data.stream import StreamState
 from jaxsae.errors import CheckpointError
 from jaxsae.train.config import TrainConfig
@@ -319,10 +320,5 @@ def truncate_metrics(run_dir: str, last_step: int) -> list[dict]:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, "".join(lines))
     return kept

@@ -19,14 +19,13 @@ match, or the rerun is refused before any work with every differing field named 
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 import time
 
 from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
-from jaxsae.dictionary import TMP_PREFIX as TMP_DICTIONARY_PREFIX
+from jaxsae.atomic import leftovers, write_atomic
 from jaxsae.errors import ConfigError
 from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
 
@@ -56,15 +55,6 @@ def dictionary_dir(run_dir: str, member: int) -> str:
     return os.path.join(run_dir, "dictionaries", f"member_{member:03d}")
 
 
-def write_json_atomic(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare(run_dir: str, cfg: TrainConfig, store_identity: dict) -> None:
     """Create (or reuse) the run folder; refuse one that holds a finished run or an unfinished run whose
     settings differ in anything but `RESULT_NEUTRAL` (config.json is then left as it was).
@@ -89,7 +79,8 @@ def prepare(run_dir: str, cfg: TrainConfig, store_identity: dict) -> None:
                 f"resume it with the same settings (jaxsae train {cfg_path}) or choose a new run_dir"
             )
     remove_leftovers(run_dir)
-    write_json_atomic(cfg_path, {"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity})
+    write_atomic(cfg_path, json.dumps({"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity},
+                                      indent=2, default=str))
 
 
 def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -> list[str]:
@@ -137,15 +128,18 @@ def _neutral(key: str) -> bool:
 
 
 def remove_leftovers(run_dir: str) -> None:
-    """Delete what an interrupted writer leaves: `*.tmp` files and half-saved `.tmp-dictionary-*` folders."""
-    for path in glob.glob(os.path.join(run_dir, "*.tmp")):
-        os.unlink(path)
-    for path in glob.glob(os.path.join(run_dir, "dictionaries", TMP_DICTIONARY_PREFIX + "*")):
-        shutil.rmtree(path, ignore_errors=True)
+    """Delete what an interrupted writer leaves: the `.tmp-*` files and half-saved dictionary folders of
+    jaxsae.atomic in the run folder and its dictionaries/ folder."""
+    for path in leftovers(run_dir) + leftovers(os.path.join(run_dir, "dictionaries")):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def mark_complete(run_dir: str, summary: dict) -> None:
     remove_leftovers(run_dir)
-    write_json_atomic(os.path.join(run_dir, COMPLETE_FILE),
-                      {"status": "complete", "schema_version": SCHEMA_VERSION,
-                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
+    write_atomic(os.path.join(run_dir, COMPLETE_FILE),
+                 json.dumps({"status": "complete", "schema_version": SCHEMA_VERSION,
+                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary},
+                            indent=2, default=str))
