@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from jaxsae.atomic import atomic_path
+from jaxsae.errors import ConfigError
 
 TRUTH_FILE = "ground_truth.npz"
 
@@ -38,9 +39,10 @@ class SynthConfig:
     def __post_init__(self):
         for name in ("rows", "d_model", "n_features"):
             if getattr(self, name) < 1:
-                raise ValueError(f"synth.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"synth.{name}: must be >= 1, got {getattr(self, name)} (CLI: --{name.replace('_', '-')})")
         if not 0 < self.active_per_row <= self.n_features:
-            raise ValueError(f"synth.active_per_row: must be in (0, n_features], got {self.active_per_row}")
+            raise ConfigError(f"synth.active_per_row: must be in (0, n_features={self.n_features}], got "
+                              f"{self.active_per_row} (CLI: --active-per-row)")
 
 
 def _truth(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ import time
 
 from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
 from jaxsae.atomic import leftovers, write_atomic
+from jaxsae.differences import differences
 from jaxsae.errors import ConfigError
 from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
 
@@ -89,42 +90,22 @@ def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -
         old_cfg = make_config(previous)
     except ConfigError as e:
         raise ConfigError(f"run_dir: {cfg.run_dir}/config.json cannot be read back ({e}); choose a new run_dir") from None
-    old, new = _comparable(old_cfg), _comparable(cfg)
     old_store = previous.get("store_identity")
     moved_store = bool(old_store) and old_store == store_identity  # the same store at another path: same result
-    differing = [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
-                 for key in sorted(old.keys() | new.keys())
-                 if old.get(key) != new.get(key) and not _neutral(key) and not (key == "data.store" and moved_store)]
+    differing = differences(_settings(old_cfg), _settings(cfg),
+                            ignore=RESULT_NEUTRAL + (("data.store",) if moved_store else ()))
     if old_store and old_store != store_identity and old_cfg.data.store == cfg.data.store:
         describe = lambda s: f"created {s.get('created')}, {s.get('rows_committed')} rows of d={s.get('d_model')}"  # noqa: E731
         differing.append(f"data.store (contents): {describe(old_store)} -> {describe(store_identity)}")
     return differing
 
 
-def _comparable(cfg: TrainConfig) -> dict[str, str]:
-    """Dotted name -> JSON text of every setting; steps/total_rows as the number of steps they mean."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-        elif prefix == "members.":
-            for i, member in enumerate(node):
-                walk(f"members[{i}].", member)
-            flat["len(members)"] = str(len(node))
-        else:
-            flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
-
+def _settings(cfg: TrainConfig) -> dict:
+    """Every setting; steps/total_rows as the number of steps they mean."""
     settings = cfg.to_dict()
     settings.pop("total_rows")
     settings["steps"] = cfg.num_steps
-    walk("", settings)
-    return flat
-
-
-def _neutral(key: str) -> bool:
-    return any(key == n or (n.endswith(".*") and key.startswith(n[:-1])) for n in RESULT_NEUTRAL)
+    return settings
 
 
 def remove_leftovers(run_dir: str) -> None:
