@@ -113,7 +113,8 @@ def write_scgpt_folder(
     seed: int = 0,
 ) -> Path:
     """Save an scGPT folder (args.json, vocab.json, best_model.pt) with random weights, including the
-    expression (GEP) and MVC heads and a classification head's weights (which loading skips). fused_attention: name attention weights as flash-attn does
+    expression (GEP) and MVC heads and a classification head's weights (which loading skips).
+    fused_attention: name attention weights as flash-attn does
     (`self_attn.Wqkv.weight/bias`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

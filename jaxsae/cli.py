@@ -158,20 +158,24 @@ _PLUGIN_VERBS = {"extract": "extract activations: AnnData + model folder -> acti
 
 
 def _add_plugin_verbs(subparsers, prefix: str) -> None:
-    """Add the registered verbs named `prefix + verb`; a known verb nobody registers explains the install."""
-    registered = {name: ep for name, ep in entry_points(COMMANDS_GROUP).items() if name.startswith(prefix)}
-    for name in sorted(registered.keys() | {n for n in _PLUGIN_VERBS if n.startswith(prefix)}):
-        verb = name[len(prefix):]
-        if "." in verb:
-            continue
+    """Add the verbs registered as `prefix + verb` (e.g. "store.add-genes" under `jaxsae store`); a verb of
+    _PLUGIN_VERBS that nobody registers, or whose package cannot be imported, explains the install instead."""
+    registered = entry_points(COMMANDS_GROUP)
+    names = {n for n in registered.keys() | _PLUGIN_VERBS.keys() if n.startswith(prefix) and "." not in n[len(prefix):]}
+    for name in sorted(names):
         try:
             add_parser = registered[name].load()
-        except (KeyError, ImportError):  # not registered, or the package that registers it cannot be imported
-            p = subparsers.add_parser(verb, help=f"{_PLUGIN_VERBS.get(name, verb)} (needs: pip install 'jaxsae[extract]')")
-            p.add_argument("arguments", nargs=argparse.REMAINDER)
-            p.set_defaults(fn=lambda _, verb=name.replace(".", " "): _missing_extract(verb))
+        except (KeyError, ImportError):
+            _add_missing_verb(subparsers, name)
         else:
             add_parser(subparsers)
+
+
+def _add_missing_verb(subparsers, name: str) -> None:
+    verb = name.rsplit(".", 1)[-1]
+    p = subparsers.add_parser(verb, help=f"{_PLUGIN_VERBS.get(name, verb)} (needs: pip install 'jaxsae[extract]')")
+    p.add_argument("arguments", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=lambda _: _missing_extract(name.replace(".", " ")))
 
 
 def _missing_extract(verb: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -39,10 +40,13 @@ def test_synth_and_train_run_without_the_optional_packages(tmp_path):
     assert (tmp_path / "run" / "dictionaries" / "member_000" / "dictionary.safetensors").is_file()
 
 
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0] for spec in requirements}
+
+
 def test_what_the_code_imports_is_declared_where_it_is_used():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    names = lambda specs: {s.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip() for s in specs}  # noqa: E731
-    core, extras = names(project["dependencies"]), {k: names(v) for k, v in project["optional-dependencies"].items()}
+    core, extras = _names(project["dependencies"]), {k: _names(v) for k, v in project["optional-dependencies"].items()}
     assert {"ml_dtypes", "flax"} <= core  # jaxsae.store.writer imports ml_dtypes; flax.struct in the trainer
     assert not set(OPTIONAL) & core  # the trainer needs none of them (test above)
     assert {"anndata", "h5py", "torch", "transformers", "scanpy"} <= extras["extract"]  # extract.counts reads h5py

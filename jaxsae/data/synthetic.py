@@ -39,7 +39,8 @@ class SynthConfig:
     def __post_init__(self):
         for name in ("rows", "d_model", "n_features"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"synth.{name}: must be >= 1, got {getattr(self, name)} (CLI: --{name.replace('_', '-')})")
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"synth.{name}: must be >= 1, got {getattr(self, name)} (CLI: {flag})")
         if not 0 < self.active_per_row <= self.n_features:
             raise ConfigError(f"synth.active_per_row: must be in (0, n_features={self.n_features}], got "
                               f"{self.active_per_row} (CLI: --active-per-row)")

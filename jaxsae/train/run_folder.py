@@ -80,8 +80,8 @@ def prepare(run_dir: str, cfg: TrainConfig, store_identity: dict) -> None:
                 f"resume it with the same settings (jaxsae train {cfg_path}) or choose a new run_dir"
             )
     remove_leftovers(run_dir)
-    write_atomic(cfg_path, json.dumps({"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity},
-                                      indent=2, default=str))
+    saved = {"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity}
+    write_atomic(cfg_path, json.dumps(saved, indent=2, default=str))
 
 
 def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -> list[str]:
