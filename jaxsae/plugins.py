@@ -34,20 +34,18 @@ def install_hint(error: ModuleNotFoundError) -> str | None:
     return None if extra is None else f"needs {module}, which is not installed: pip install 'jaxsae[{extra}]'"
 
 
-def promoted_genes(model_dir, dictionary, store, *, top: int):
-    """The registered promoted-genes function applied to a model folder (see `extract.heads.promoted_genes`).
-
-    Raises AnalysisError naming the install command when no package registers one or its imports are missing.
-    """
+def promoted_genes_function():
+    """The registered `promoted_genes(model_dir, dictionary, store, *, top) -> DataFrame` (the extractor's
+    `extract.heads.promoted_genes`). Raises AnalysisError naming the install command when no installed package
+    registers one or its imports (torch) are missing."""
     registered = list(entry_points(PROMOTED_GENES_GROUP).values())
     if not registered:
         raise AnalysisError("model_dir (--model): listing the genes each feature promotes needs jaxsae's "
                             "extractor, which is not installed: pip install 'jaxsae[extract]'")
     try:
-        function = registered[0].load()
+        return registered[0].load()
     except ModuleNotFoundError as e:
         hint = install_hint(e)
         if hint is None:
             raise
         raise AnalysisError(f"model_dir (--model): listing the genes each feature promotes {hint}") from None
-    return function(model_dir, dictionary, store, top=top)

@@ -13,25 +13,24 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
        "JAX_PLATFORMS": "cpu"}
-# Run a module with some top-level packages refused at import, as if they were not installed.
-BLOCKING = """
-import runpy, sys
-BLOCKED = set(sys.argv[1].split(","))
+# Python code that refuses the packages named in sys.argv[1] at import, as if they were not installed.
+REFUSE = """
+import sys
+BLOCKED = set(sys.argv.pop(1).split(","))
 class Refuse:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Refuse())
-sys.argv = [sys.argv[2], *sys.argv[3:]]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
+RUN_CLI = "import runpy\nrunpy.run_module('jaxsae.cli', run_name='__main__', alter_sys=True)\n"
 
 
 def jaxsae_command(*args, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`jaxsae ARGS` in a fresh process (the console script runs jaxsae.cli:main), `blocked` packages refused."""
-    prefix = ["-c", BLOCKING, ",".join(blocked)] if blocked else ["-m"]
-    return subprocess.run([sys.executable, *prefix, "jaxsae.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=REPO, timeout=300)
+    command = ["-c", REFUSE + RUN_CLI, ",".join(blocked)] if blocked else ["-m", "jaxsae.cli"]
+    return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True, text=True, env=ENV,
+                          cwd=REPO, timeout=300)
 
 
 def assert_refused(run: subprocess.CompletedProcess, *named: str) -> str:
@@ -86,3 +85,19 @@ def test_a_closed_pipe_is_not_a_crash(tmp_path):
     assert proc.wait(timeout=300) == 1, err  # Python's convention for EPIPE (docs: signal, "Note on SIGPIPE")
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert (tmp_path / "s" / "manifest.json").is_file()  # the work itself was done
+
+
+def test_the_extractor_registers_its_verbs_and_promoted_genes():
+    from extract.heads import promoted_genes
+    from jaxsae.plugins import COMMANDS_GROUP, entry_points, promoted_genes_function
+
+    assert {"extract", "store.add-genes"} <= entry_points(COMMANDS_GROUP).keys()
+    assert promoted_genes_function() is promoted_genes
+
+
+def test_promoted_genes_without_pytorch_is_refused_naming_the_extra():
+    code = ("from jaxsae.plugins import promoted_genes_function\n"
+            "try:\n    promoted_genes_function()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    run = subprocess.run([sys.executable, "-c", REFUSE + code, "torch"], capture_output=True, text=True, env=ENV,
+                         cwd=REPO, timeout=300)
+    assert "AnalysisError model_dir (--model)" in run.stdout and "pip install 'jaxsae[extract]'" in run.stdout, run

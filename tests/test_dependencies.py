@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+from test_cli_errors import ENV, REFUSE
+
 REPO = Path(__file__).resolve().parent.parent
 OPTIONAL = ("anndata", "torch", "scanpy", "h5py", "transformers")
-TRAIN_WITHOUT_EXTRAS = """
-import sys
-BLOCKED = set(sys.argv[1].split(","))
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, Refuse())
+TRAIN_WITHOUT_EXTRAS = REFUSE + """
 import jaxsae
 from jaxsae.cli import main
-store, run_dir = sys.argv[2], sys.argv[3]
+store, run_dir = sys.argv[1], sys.argv[2]
 assert main(["synth", store, "--rows", "2048", "--d-model", "8", "--n-features", "16"]) == 0
 assert main(["train", f"data.store={store}", f"run_dir={run_dir}", "sae.d_model=8", "sae.n_latents=16", "sae.k=2",
              "steps=4", "log_every=2", "progress=false", "data.batch_rows=256"]) == 0
@@ -30,10 +24,8 @@ print("loaded:", sorted(BLOCKED & {name.split(".")[0] for name in sys.modules}))
 
 
 def test_synth_and_train_run_without_the_optional_packages(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", TRAIN_WITHOUT_EXTRAS, ",".join(OPTIONAL), tmp_path / "store",
-                          tmp_path / "run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+                          tmp_path / "run"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "loaded: []" in run.stdout
     assert (tmp_path / "run" / "run.json").is_file()

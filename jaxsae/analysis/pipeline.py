@@ -10,6 +10,7 @@ import pandas as pd
 
 from jaxsae.analysis.enrichment import resolve_gene_sets
 from jaxsae.atomic import atomic_path
+from jaxsae.plugins import promoted_genes_function
 from jaxsae.errors import AnalysisError
 
 
@@ -88,6 +89,7 @@ def compute(dictionary, store, *, adata=None, obs: str | None = None, agg: str =
         obs_labels(adata, obs)
     if model_dir is not None and not Path(model_dir).is_dir():
         raise AnalysisError(f"model folder {model_dir} does not exist; pass the folder the store was extracted with")
+    promote = promoted_genes_function() if model_dir is not None else None  # the extractor's, via an entry point
     sets, sets_required = resolve_gene_sets(gene_sets)
     notes: list[str] = []
 
@@ -97,10 +99,8 @@ def compute(dictionary, store, *, adata=None, obs: str | None = None, agg: str =
     token_store = bool(len(codes.token_id)) and bool((codes.token_id >= 0).any())
     genes_table = top_genes(codes, genes, top=top) if token_store else None
     promoted = None
-    if model_dir is not None:
-        from jaxsae.plugins import promoted_genes  # the extractor's, through an entry point (jaxsae.plugins)
-
-        promoted = promoted_genes(model_dir, dictionary_obj, store, top=top)
+    if promote is not None:
+        promoted = promote(model_dir, dictionary_obj, store, top=top)
     enrichment = None
     if sets is not None:
         has_symbols = genes is not None and (genes["symbol"].fillna("") != "").any()
