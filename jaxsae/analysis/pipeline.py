@@ -10,8 +10,8 @@ import pandas as pd
 
 from jaxsae.analysis.enrichment import resolve_gene_sets
 from jaxsae.atomic import atomic_path
-from jaxsae.plugins import promoted_genes_function
 from jaxsae.errors import AnalysisError
+from jaxsae.plugins import promoted_genes_function
 
 
 @dataclasses.dataclass
