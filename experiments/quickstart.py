@@ -51,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give both --model and --adata, or neither (for the bundled demo)")
 
     from extract.demo import prepare_demo
-    from extract.errors import ExtractError
     from extract.models import load_model
     from extract.run import extract
     from jaxsae.analysis import analyze
-    from jaxsae.errors import USER_ERRORS
+    from jaxsae.errors import JaxsaeError
     from jaxsae.report import build_report
     from jaxsae.store import open_store
     from jaxsae.train.config import make_config
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                            model_dir=model_dir, progress=False)
         report = build_report(run_dir, store_path, out=os.path.join(args.out, "report.html"),
                               analysis=analysis.analysis)  # the same encoding, not a second one
-    except (ExtractError, *USER_ERRORS) as e:
+    except JaxsaeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,5 @@
-"""`jaxsae extract`: argument parser and runner (thin: one call to `extract.run.extract`)."""
+"""`jaxsae extract` and `jaxsae store add-genes`: parsers and runners, registered with jaxsae's CLI through the
+`jaxsae.commands` entry points in pyproject.toml (jaxsae itself never imports this package)."""
 
 from __future__ import annotations
 
@@ -96,13 +97,17 @@ def run_extract_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_add_genes_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `jaxsae store add-genes` (the parser itself lives in jaxsae.cli)."""
+def add_add_genes_parser(store_subparsers) -> argparse.ArgumentParser:
+    """Add the `add-genes` verb to the subparsers of `jaxsae store`; returns its parser."""
+    parser = store_subparsers.add_parser(
+        "add-genes", help="write genes.tsv (token id -> gene) into a store extracted before gene tables existed, "
+                          "from the model folder it was extracted with")
     parser.add_argument("path", help="an extraction store folder without genes.tsv")
     parser.add_argument("--model", required=True, help="the model folder the store was extracted with")
     for name in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary"):
         parser.add_argument("--" + name.replace("_", "-"), default=None, help=_HELP[name])
     parser.set_defaults(fn=run_add_genes_cli)
+    return parser
 
 
 def run_add_genes_cli(args: argparse.Namespace) -> int:

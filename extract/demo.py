@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from extract.errors import ExtractError
+from jaxsae.atomic import atomic_folder
 
 MARKER = "COMPLETE.json"
 COUNTS_FILE = "pbmc68k_counts.h5ad"
@@ -157,18 +157,13 @@ def prepare_demo(cache_dir: str | Path, model_kind: str = "geneformer") -> tuple
             done = {}
         if done.get("settings") == settings and (final / COUNTS_FILE).is_file() and (final / MODEL_FOLDER).is_dir():
             return final / COUNTS_FILE, final / MODEL_FOLDER
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    building = cache_dir / f".building-{model_kind}-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
-    adata = pbmc_counts()
-    adata.write_h5ad(building / COUNTS_FILE)
-    assemble_model(model_kind, building / MODEL_FOLDER, adata)
-    load_model(building / MODEL_FOLDER)  # the folder must load through the public loader before it is marked complete
-    (building / MARKER).write_text(json.dumps({"settings": settings,
-                                               "pretraining": committed_record(model_kind)}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)  # a half-written or stale cache
-    os.replace(building, final)
+    with atomic_folder(final) as building:  # replaces a half-written or stale cache
+        adata = pbmc_counts()
+        adata.write_h5ad(building / COUNTS_FILE)
+        assemble_model(model_kind, building / MODEL_FOLDER, adata)
+        load_model(building / MODEL_FOLDER)  # the folder must load through the public loader before it is complete
+        (building / MARKER).write_text(json.dumps({"settings": settings,
+                                                   "pretraining": committed_record(model_kind)}, indent=2))
     return final / COUNTS_FILE, final / MODEL_FOLDER
 
 

@@ -1,8 +1,5 @@
-"""The one exception family of the extraction side."""
+"""The extraction side's error family, `jaxsae.errors.ExtractError` (defined there, in the leaf module)."""
 
+from jaxsae.errors import ExtractError
 
-class ExtractError(Exception):
-    """Input to extraction that cannot work: bad AnnData, model folder, dictionary or option.
-
-    Raised before any work starts; the message names what was found, what was expected and the fix.
-    """
+__all__ = ["ExtractError"]

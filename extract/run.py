@@ -35,7 +35,6 @@ import collections
 import concurrent.futures
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,8 @@ from extract.counts import CountSource, sha256_file
 from extract.errors import ExtractError
 from extract.models import ExtractModel, load_model
 from extract.tokenize.genes import TokenizedCells
+from jaxsae.atomic import write_atomic
+from jaxsae.differences import differences
 from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
 from jaxsae.store.genes import write_genes
 from jaxsae.store.manifest import obs_names_sha256, read_manifest
@@ -59,6 +60,7 @@ SCAN_ROWS = 4096  # cells per block in the validation pass
 PATH_FIELDS = ("model_dir", "adata.path")  # recorded for people, never compared: outputs match by content
 # Derived from fields that are compared (adata.sha256), and absent from outputs written before it was recorded.
 DERIVED_FIELDS = ("adata.obs_names_sha256",)
+NOT_COMPARED = PATH_FIELDS + DERIVED_FIELDS
 log = logging.getLogger("jaxsae.extract")
 
 
@@ -133,29 +135,6 @@ def scan_counts(source: CountSource, tokenizer) -> tuple[np.ndarray, np.ndarray]
     return n_tokens, n_expressed
 
 
-def differences(old: dict, new: dict) -> list[str]:
-    """`field: old -> new` for every differing leaf of two manifest sources, paths (PATH_FIELDS) excluded."""
-    a, b = _comparable(old), _comparable(new)
-    return [f"{key}: {_short(a.get(key, '(absent)'))} -> {_short(b.get(key, '(absent)'))}"
-            for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
-
-
-def _comparable(source: dict) -> dict:
-    flat = _flatten(json.loads(json.dumps(source, default=str)))
-    return {key: value for key, value in flat.items() if key not in PATH_FIELDS + DERIVED_FIELDS}
-
-
-def _flatten(obj, prefix: str = "") -> dict:
-    if isinstance(obj, dict) and obj:
-        return {k: v for key, value in obj.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: obj}
-
-
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _refuse(where: Path, diffs: list[str]) -> ExtractError:
     return ExtractError(
         f"{where} holds an extraction that differs from this one in {len(diffs)} field(s): {'; '.join(diffs)}; "
@@ -172,7 +151,7 @@ def check_existing(out_dir: Path, paths: dict, sources: dict, common: dict) -> N
             previous = json.loads(index.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ExtractError(f"{index} cannot be read ({err}); pass --overwrite to redo the extraction") from None
-        diffs = differences(previous.get("source", {}), common)
+        diffs = differences(previous.get("source", {}), common, ignore=NOT_COMPARED)
         if diffs:
             raise _refuse(out_dir, diffs)
     for key, path in paths.items():
@@ -182,7 +161,7 @@ def check_existing(out_dir: Path, paths: dict, sources: dict, common: dict) -> N
             manifest = read_manifest(path)
         except StoreError as err:
             raise ExtractError(f"cannot open store {path}: {err}") from None
-        diffs = differences(manifest.source, sources[key])
+        diffs = differences(manifest.source, sources[key], ignore=NOT_COMPARED)
         if diffs:
             raise _refuse(path, diffs)
 
@@ -223,16 +202,6 @@ class _Stores:
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
-
-
-def _write_json_atomic(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(content, indent=2, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: ExtractConfig) -> dict[int, torch.Tensor]:
@@ -337,15 +306,15 @@ def extract(
                             f"(listed in {out_dir / SKIPPED_FILE})")
             try:
                 (out_dir / INDEX_FILE).unlink(missing_ok=True)
-                _write_json_atomic(out_dir / SKIPPED_FILE, {"reason": "no expressed model gene",
-                                                            "cell_index": skipped.tolist()})
+                write_atomic(out_dir / SKIPPED_FILE, json.dumps({"reason": "no expressed model gene",
+                                                                 "cell_index": skipped.tolist()}, indent=2))
                 stores = _Stores(paths, sources, model.d_model, config, source.n_cells, model.gene_table())
                 _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
                 stores.close()
-                _write_json_atomic(out_dir / INDEX_FILE, {
+                write_atomic(out_dir / INDEX_FILE, json.dumps({
                     "complete": True, "layers": layers, "kinds": kinds, "source": common,
                     "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
-                })
+                }, indent=2, default=str))
             except (OSError, StoreWriteError) as err:
                 reason = err.reason if isinstance(err, StoreWriteError) else str(err)
                 raise ExtractError(

@@ -113,7 +113,8 @@ def write_scgpt_folder(
     seed: int = 0,
 ) -> Path:
     """Save an scGPT folder (args.json, vocab.json, best_model.pt) with random weights, including the
-    expression, classification and MVC heads. fused_attention: name attention weights as flash-attn does
+    expression (GEP) and MVC heads and a classification head's weights (which loading skips).
+    fused_attention: name attention weights as flash-attn does
     (`self_attn.Wqkv.weight/bias`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,14 +129,15 @@ def write_scgpt_folder(
     module = TransformerModel(
         len(vocab), d_model, n_heads, d_hid, n_layers, pad_token_id=vocab["<pad>"], pad_value=-2, n_bins=n_bins,
         input_emb_style=input_emb_style,
-        heads={"decoder": {"explicit_zero_prob": False}, "cls_decoder": {"n_cls": 1, "n_layers": 3},
-               "mvc_decoder": {"explicit_zero_prob": False}},
+        heads=("decoder", "mvc_decoder"),
     )
     with torch.no_grad():  # non-trivial norms so that a wrong parameter mapping shows up in outputs
         for name, param in module.named_parameters():
             if "norm" in name:
                 param.add_(0.1 * torch.randn_like(param))
     state = module.state_dict()
+    # scGPT's cell-type head, as official fine-tuned checkpoints hold it; jaxsae never builds it (skipped on load)
+    state |= {"cls_decoder.out_layer.weight": torch.randn(1, d_model), "cls_decoder.out_layer.bias": torch.zeros(1)}
     if fused_attention:
         state = {k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v for k, v in state.items()}
     torch.save(state, folder / "best_model.pt")

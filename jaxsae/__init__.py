@@ -6,6 +6,8 @@ Public API (imported lazily, so `import jaxsae.store` stays light):
     jaxsae.open_store(path)                                      an activation store
     jaxsae.load_genes(store) -> DataFrame                        token id -> gene_id, symbol of a store
     jaxsae.synthesize(path, SynthConfig(...))                    synthetic ground-truth activations
+    jaxsae.JaxsaeError and its families (ConfigError, StoreError, CheckpointError, LockError, TrainingError,
+    DictionaryError, AnalysisError, ExtractError)                every error raised on purpose (jaxsae.errors)
 """
 
 import importlib
@@ -15,10 +17,12 @@ from jaxsae.logs import install_default_handler
 __version__ = "0.1.0"
 install_default_handler()
 
+_ERRORS = ("JaxsaeError", "ConfigError", "StoreError", "CheckpointError", "LockError", "TrainingError",
+           "DictionaryError", "AnalysisError", "ExtractError")
 _EXPORTS = {
-    "ConfigError": "jaxsae.sae.base", "SAEConfig": "jaxsae.sae.base",
-    "Dictionary": "jaxsae.dictionary", "DictionaryError": "jaxsae.dictionary", "load": "jaxsae.dictionary",
-    "StoreError": "jaxsae.store", "open_store": "jaxsae.store", "load_genes": "jaxsae.store.genes",
+    **dict.fromkeys(_ERRORS, "jaxsae.errors"), "SAEConfig": "jaxsae.sae.base",
+    "Dictionary": "jaxsae.dictionary", "load": "jaxsae.dictionary",
+    "open_store": "jaxsae.store", "load_genes": "jaxsae.store.genes",
     "SynthConfig": "jaxsae.data.synthetic", "synthesize": "jaxsae.data.synthetic",
     "feature_recovery": "jaxsae.data.synthetic", "load_truth": "jaxsae.data.synthetic",
     "TrainConfig": "jaxsae.train.config", "load_config": "jaxsae.train.config", "make_config": "jaxsae.train.config",

@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+from jaxsae.errors import JaxsaeError
+from jaxsae.plugins import COMMANDS_GROUP, entry_points, install_hint
+
 
 def _cmd_train(args) -> int:
     from jaxsae.train import load_config, train
@@ -103,16 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "completeness (exit 0 sound, 1 problems found, 2 not a store)")
     q.add_argument("path")
     q.set_defaults(fn=_cmd_store_verify)
-    q = store_sub.add_parser("add-genes", help="write genes.tsv (token id -> gene) into a store extracted before "
-                                               "gene tables existed, from the model folder it was extracted with")
-    try:
-        from extract.cli import add_add_genes_arguments
-    except ImportError:  # the [extract] extra (torch) is not installed
-        q.add_argument("path")
-        q.add_argument("--model", required=True)
-        q.set_defaults(fn=lambda _: _missing_extract("jaxsae store add-genes"))
-    else:
-        add_add_genes_arguments(q)
+    _add_plugin_verbs(store_sub, "store.")
 
     p = sub.add_parser("synth", help="write a synthetic store made from a known sparse dictionary")
     p.add_argument("out")
@@ -154,30 +148,66 @@ def build_parser() -> argparse.ArgumentParser:
     _gene_set_arguments(p)
     p.set_defaults(fn=_cmd_report)
 
-    try:
-        from extract.cli import add_extract_parser
-    except ImportError:  # the [extract] extra (torch) is not installed
-        p = sub.add_parser("extract", help="extract activations (needs: pip install 'jaxsae[extract]')")
-        p.set_defaults(fn=lambda _: _missing_extract("jaxsae extract"))
-    else:
-        add_extract_parser(sub)
+    _add_plugin_verbs(sub, "")
     return parser
 
 
+# Verbs the extractor registers (jaxsae.plugins.COMMANDS_GROUP), with their help when it is not installed.
+_PLUGIN_VERBS = {"extract": "extract activations: AnnData + model folder -> activation stores",
+                 "store.add-genes": "write genes.tsv into a store extracted before gene tables existed"}
+
+
+def _add_plugin_verbs(subparsers, prefix: str) -> None:
+    """Add the verbs registered as `prefix + verb` (e.g. "store.add-genes" under `jaxsae store`); a verb of
+    _PLUGIN_VERBS that nobody registers, or whose package cannot be imported, explains the install instead."""
+    registered = entry_points(COMMANDS_GROUP)
+    names = {n for n in registered.keys() | _PLUGIN_VERBS.keys() if n.startswith(prefix) and "." not in n[len(prefix):]}
+    for name in sorted(names):
+        try:
+            add_parser = registered[name].load()
+        except (KeyError, ImportError):
+            _add_missing_verb(subparsers, name)
+        else:
+            add_parser(subparsers)
+
+
+def _add_missing_verb(subparsers, name: str) -> None:
+    verb = name.rsplit(".", 1)[-1]
+    p = subparsers.add_parser(verb, help=f"{_PLUGIN_VERBS.get(name, verb)} (needs: pip install 'jaxsae[extract]')")
+    p.add_argument("arguments", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=lambda _: _missing_extract(name.replace(".", " ")))
+
+
 def _missing_extract(verb: str) -> int:
-    print(f"error: `{verb}` needs PyTorch: pip install 'jaxsae[extract]'", file=sys.stderr)
+    print(f"error: `jaxsae {verb}` needs jaxsae's extractor, which is not installed: pip install 'jaxsae[extract]'",
+          file=sys.stderr)
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Exit status: 0 done, 1 a check found problems (store verify), 2 bad input: every
+    JaxsaeError (and a missing optional dependency) is printed as one `error: ...` line, no traceback."""
     args = build_parser().parse_args(argv)
-    from jaxsae.errors import USER_ERRORS
-
     try:
-        return args.fn(args)
-    except USER_ERRORS as e:
+        status = args.fn(args)
+        sys.stdout.flush()  # a closed pipe (`jaxsae ... | head`) surfaces here, not at interpreter exit
+        return status
+    except JaxsaeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        hint = install_hint(e)
+        if hint is None:
+            raise
+        verb = " ".join(filter(None, (args.command, getattr(args, "store_command", None))))
+        print(f"error: `jaxsae {verb}` {hint}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): as the Python docs recommend (signal module, "Note on SIGPIPE"),
+        # point stdout at devnull so the interpreter's final flush does not fail again, and exit 1.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

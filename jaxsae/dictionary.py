@@ -10,8 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -19,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxsae.atomic import atomic_folder
 from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
+from jaxsae.errors import DictionaryError
 from jaxsae.sae.base import Axes, SAEConfig, build, check_hparams, hparam_fields, hparams_as_arrays
 from jaxsae.sae.fold import fold_input_scale
 
@@ -28,13 +28,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "dictionary.safetensors"
 CONFIG_FILE = "config.json"
 BUFFER_PREFIX = "buffer."
-TMP_PREFIX = ".tmp-dictionary-"
 RUN_COMPLETE_FILE = "run.json"  # the trainer's "finished" marker (jaxsae.train.run_folder writes it)
 SPARSE_DEFAULT_ROWS = 4096  # encode(x) of more rows than this returns a sparse matrix unless sparse=False
-
-
-class DictionaryError(ValueError):
-    """A dictionary folder that cannot be loaded; the message says what is wrong and what to do."""
 
 
 def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str, np.ndarray],
@@ -59,19 +54,10 @@ def save_dictionary(path: str | os.PathLike, *, sae: SAEConfig, params: dict[str
         "normalisation": {"training_scale": float(scale), "folded_into_weights": True},
         "source": source or {}, "metrics": metrics or {}, **(extra or {}),
     }
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent)
-    try:
+    with atomic_folder(path) as tmp:
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": FORMAT})
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, default=_json_default)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -163,7 +149,7 @@ class Dictionary:
         if batch_rows is None:
             return default_batch_rows(self.n_latents)
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-            raise ValueError(f"batch_rows: expected a positive integer, got {batch_rows!r}")
+            raise DictionaryError(f"batch_rows: expected a positive integer, got {batch_rows!r}")
         return batch_rows
 
     def _latents_on_device(self, x: np.ndarray, batch_rows: int) -> jax.Array:
@@ -190,7 +176,8 @@ class Dictionary:
     def _check(a, width: int, name: str) -> np.ndarray:
         a = np.asarray(a, np.float32)
         if a.ndim != 2 or a.shape[1] != width:
-            raise ValueError(f"{name}: expected shape [rows, {width}], got {list(a.shape)}")
+            raise DictionaryError(f"{name}: expected shape [rows, {width}], got {list(a.shape)}; pass a 2-D array "
+                                  f"with {width} columns")
         return a
 
 

@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxsae.data.stream import StreamState
+from jaxsae.errors import JaxsaeError
 from jaxsae.sae.base import ConfigError
 from jaxsae.train import checkpoint as ckpt
 from jaxsae.train import distributed
@@ -110,7 +111,7 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, c
     with RunLock(str(tmp_path)):
         with pytest.raises(RunLockedError, match=f"pid {os.getpid()}") as refused:
             RunLock(str(tmp_path)).acquire()
-        assert isinstance(refused.value, ConfigError)
+        assert isinstance(refused.value, JaxsaeError)  # a user error: the CLI prints it as one line, exit 2
     assert not (tmp_path / "train.lock").exists()
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -228,7 +228,7 @@ def test_neutral_changes_resume_and_a_finished_folder_has_no_leftovers(store, st
     shutil.copytree(stopped, run_dir)
     # Leftovers of a trainer killed while writing: a half-written dictionary and a temporary JSON file.
     os.makedirs(run_dir / "dictionaries" / ".tmp-dictionary-abc123")
-    (run_dir / "config.json.tmp").write_text("{")
+    (run_dir / ".tmp-abc123-config.json").write_text("{")
     capsys.readouterr()
 
     # Another run_dir spelling, mesh, log cadence, checkpoint cadence, the same store moved elsewhere: none

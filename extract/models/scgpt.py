@@ -9,10 +9,11 @@ Folder layout (as downloaded, e.g. scGPT_human):
 
 Parameter names follow scGPT: `encoder.embedding`, `encoder.enc_norm`, `value_encoder.linear1/linear2/norm`,
 `transformer_encoder.layers.N.self_attn.in_proj_weight/in_proj_bias/out_proj`, `linear1/linear2/norm1/norm2`,
-`decoder.fc.*`, `cls_decoder._decoder.*`/`out_layer`, `mvc_decoder.gene2query/W`. Checkpoints saved with
+and the pretraining heads `decoder.fc.*` (GEP) and `mvc_decoder.gene2query/W` (MVC). Checkpoints saved with
 flash-attn (`self_attn.Wqkv.weight/bias`) are renamed to in_proj on load, as scGPT itself does when flash-attn
 is not installed; the q/k/v stacking is the same. Runs on CPU or CUDA with PyTorch attention (no flash-attn).
-The prediction heads present in the checkpoint are built from its keys; extraction never runs them.
+Extraction runs only the encoder; the GEP and MVC heads are built when present for the demo pretraining (see
+HEADS); the weights of other heads (cls_decoder, zero-probability heads) are skipped on load.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, select_hvg, vocab
 log = logging.getLogger("jaxsae.extract")
 REQUIRED_FILES = ["args.json", "vocab.json", "best_model.pt"]
 ENCODING_PREFIXES = ("encoder.", "value_encoder.", "bn.", "transformer_encoder.")
+# The heads built when a checkpoint has them (name -> a key that shows it): GEP and MVC, the objectives of the
+# demo pretraining (extract.pretraining.scgpt runs them). Other heads of official checkpoints (cls_decoder,
+# the explicit-zero-probability sub-heads decoder.zero_logit / mvc_decoder.W_zero_logit, ...) are never run by
+# jaxsae, so they are not built and their weights are skipped on load.
+HEADS = {"decoder": "decoder.fc.0.weight", "mvc_decoder": "mvc_decoder.gene2query.weight"}
 
 
 class GeneEncoder(nn.Module):
@@ -68,47 +74,27 @@ class CategoryValueEncoder(nn.Module):
 
 
 class ExprDecoder(nn.Module):
-    def __init__(self, d_model: int, explicit_zero_prob: bool):
+    """The GEP head (`decoder.fc.*`): per-token expression value."""
+
+    def __init__(self, d_model: int):
         super().__init__()
-
-        def mlp():
-            return nn.Sequential(
-                nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
-                nn.Linear(d_model, 1),
-            )
-
-        self.fc = mlp()
-        if explicit_zero_prob:
-            self.zero_logit = mlp()
+        self.fc = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
+            nn.Linear(d_model, 1),
+        )
 
     def forward(self, x):
         return self.fc(x).squeeze(-1)
 
 
-class ClsDecoder(nn.Module):
-    def __init__(self, d_model: int, n_cls: int, n_layers: int):
-        super().__init__()
-        self._decoder = nn.ModuleList()
-        for _ in range(n_layers - 1):
-            self._decoder.extend([nn.Linear(d_model, d_model), nn.ReLU(), nn.LayerNorm(d_model)])
-        self.out_layer = nn.Linear(d_model, n_cls)
-
-    def forward(self, x):
-        for layer in self._decoder:
-            x = layer(x)
-        return self.out_layer(x)
-
-
 class MVCDecoder(nn.Module):
-    """The 'inner product' MVC head."""
+    """The 'inner product' MVC head (`mvc_decoder.gene2query`, `mvc_decoder.W`)."""
 
-    def __init__(self, d_model: int, explicit_zero_prob: bool):
+    def __init__(self, d_model: int):
         super().__init__()
         self.gene2query = nn.Linear(d_model, d_model)
         self.query_activation = nn.Sigmoid()
         self.W = nn.Linear(d_model, d_model, bias=False)
-        if explicit_zero_prob:
-            self.W_zero_logit = nn.Linear(d_model, d_model)
 
     def forward(self, cell_emb, gene_embs):
         """cell_emb: [B, d]; gene_embs: [B, L, d] (the gene encoder's output) -> [B, L] predicted values."""
@@ -133,7 +119,7 @@ class TransformerModel(nn.Module):
         input_emb_style: str = "continuous",
         pre_norm: bool = False,
         batchnorm: bool = False,
-        heads: dict | None = None,
+        heads: tuple[str, ...] = (),
     ):
         super().__init__()
         self.input_emb_style = input_emb_style
@@ -150,13 +136,10 @@ class TransformerModel(nn.Module):
             self.bn = nn.BatchNorm1d(d_model, eps=6.1e-5)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, d_hid, dropout=0.0, batch_first=True, norm_first=pre_norm)
         self.transformer_encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        heads = heads or {}
         if "decoder" in heads:
-            self.decoder = ExprDecoder(d_model, **heads["decoder"])
-        if "cls_decoder" in heads:
-            self.cls_decoder = ClsDecoder(d_model, **heads["cls_decoder"])
+            self.decoder = ExprDecoder(d_model)
         if "mvc_decoder" in heads:
-            self.mvc_decoder = MVCDecoder(d_model, **heads["mvc_decoder"])
+            self.mvc_decoder = MVCDecoder(d_model)
 
     def _encode(self, src, values, src_key_padding_mask):
         """src: [B, L] int64 gene tokens; values: [B, L] float; src_key_padding_mask: [B, L] bool, True = pad."""
@@ -173,18 +156,9 @@ def rename_fused_attention(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k.replace("self_attn.Wqkv.", "self_attn.in_proj_"): v for k, v in state.items()}
 
 
-def heads_from_state(state: dict[str, torch.Tensor]) -> dict:
-    """Which prediction heads the checkpoint holds, with their sizes."""
-    heads = {}
-    zero = any(k.startswith("decoder.zero_logit.") for k in state)
-    if "decoder.fc.0.weight" in state:
-        heads["decoder"] = {"explicit_zero_prob": zero}
-    if "cls_decoder.out_layer.weight" in state:
-        n_linear = sum(1 for k in state if k.startswith("cls_decoder._decoder.") and k.endswith(".weight")) // 2
-        heads["cls_decoder"] = {"n_cls": state["cls_decoder.out_layer.weight"].shape[0], "n_layers": n_linear + 1}
-    if "mvc_decoder.gene2query.weight" in state:
-        heads["mvc_decoder"] = {"explicit_zero_prob": "mvc_decoder.W_zero_logit.weight" in state}
-    return heads
+def heads_from_state(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The pretraining heads (HEADS) the checkpoint holds; the demo pretraining trains and evaluates them."""
+    return tuple(head for head, key in HEADS.items() if key in state)
 
 
 class ScGPTModel(ExtractModel):

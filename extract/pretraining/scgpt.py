@@ -28,7 +28,7 @@ def new_scgpt_folder(folder: Path, config: PretrainConfig, n_tokens: int, pad_id
     module = TransformerModel(
         n_tokens, config.d_model, config.n_heads, config.d_ff, config.n_layers, pad_token_id=pad_id, pad_value=-2,
         n_bins=config.n_bins,
-        heads={"decoder": {"explicit_zero_prob": False}, "mvc_decoder": {"explicit_zero_prob": False}},
+        heads=("decoder", "mvc_decoder"),
     )
     torch.save(module.state_dict(), folder / "best_model.pt")
     (folder / "args.json").write_text(json.dumps(args, indent=2))

@@ -28,7 +28,7 @@ _EXPORTS = {
     "GeneSets": "jaxsae.analysis.enrichment", "read_gmt": "jaxsae.analysis.enrichment",
     "go_gene_sets": "jaxsae.analysis.enrichment", "enrich": "jaxsae.analysis.enrichment",
     "load_genes": "jaxsae.store.genes",
-    "AnalysisError": "jaxsae.analysis.errors",
+    "AnalysisError": "jaxsae.errors",
 }
 
 __all__ = sorted(_EXPORTS)

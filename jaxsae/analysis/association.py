@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from jaxsae.analysis.cells import cells_matrix
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 
 COLUMNS = ["feature", "label", "auroc", "mean_in", "mean_out", "mean_diff", "specificity", "n_in"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 
 AGGREGATIONS = ("mean", "max", "frac")
 

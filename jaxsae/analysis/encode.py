@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 from jaxsae.dictionary import Dictionary, load
 from jaxsae.store import ActivationStore, open_store
 

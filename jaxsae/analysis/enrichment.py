@@ -37,7 +37,7 @@ import pandas as pd
 import scipy.sparse
 import scipy.stats
 
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from jaxsae.analysis.cells import cells_matrix
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 
 COUNT_CHECK_VALUES = 1_000_000  # stored values inspected to tell raw counts from normalised data
 

@@ -7,7 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from jaxsae.analysis.cells import cells_matrix
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 
 TOP_GENE_COLUMNS = ["feature", "rank", "token_id", "gene_id", "symbol", "mean_activation", "fire_rate", "n_rows",
                     "n_fired"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from jaxsae.analysis.enrichment import resolve_gene_sets
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.atomic import atomic_path
+from jaxsae.errors import AnalysisError
+from jaxsae.plugins import promoted_genes_function
 
 
 @dataclasses.dataclass
@@ -89,6 +89,7 @@ def compute(dictionary, store, *, adata=None, obs: str | None = None, agg: str =
         obs_labels(adata, obs)
     if model_dir is not None and not Path(model_dir).is_dir():
         raise AnalysisError(f"model folder {model_dir} does not exist; pass the folder the store was extracted with")
+    promote = promoted_genes_function() if model_dir is not None else None  # the extractor's, via an entry point
     sets, sets_required = resolve_gene_sets(gene_sets)
     notes: list[str] = []
 
@@ -98,10 +99,8 @@ def compute(dictionary, store, *, adata=None, obs: str | None = None, agg: str =
     token_store = bool(len(codes.token_id)) and bool((codes.token_id >= 0).any())
     genes_table = top_genes(codes, genes, top=top) if token_store else None
     promoted = None
-    if model_dir is not None:
-        from extract.heads import promoted_genes
-
-        promoted = promoted_genes(model_dir, dictionary_obj, store, top=top)
+    if promote is not None:
+        promoted = promote(model_dir, dictionary_obj, store, top=top)
     enrichment = None
     if sets is not None:
         has_symbols = genes is not None and (genes["symbol"].fillna("") != "").any()
@@ -141,26 +140,19 @@ def analyze(dictionary, store, out_dir, *, adata=None, obs: str | None = None, a
 
     gene_sets: "go" (the shipped human GO biological-process sets; skipped with a note when the store's genes
     have no symbols), a GMT path, a GeneSets / mapping of symbol sets, a list of these (merged), or None.
-    Every input is checked before the encoding starts. Files are written into a hidden folder inside out_dir
-    and moved into place at the end, so a crash leaves no half-written table looking finished.
+    Every input is checked before the encoding starts. Each file is written atomically (jaxsae.atomic), and
+    cells.h5ad, removed first and written last, marks a whole folder: a crash leaves no half-written file and
+    no cells.h5ad beside a mix of old and new tables.
     """
     analysis = compute(dictionary, store, adata=adata, obs=obs, agg=agg, model_dir=model_dir, name=name, top=top,
                        gene_sets=gene_sets, progress=progress)
-    final = Path(out_dir)
-    final.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=".partial-", dir=final))
-    try:
-        paths = _write(analysis, out)
-        for key, path in paths.items():  # cells.h5ad last: its presence means the folder is whole
-            os.replace(path, final / Path(path).name)
-            paths[key] = os.fspath(final / Path(path).name)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return AnalyzeResult(paths=paths, analysis=analysis)
+    out = Path(out_dir)
+    (out / "cells.h5ad").unlink(missing_ok=True)
+    return AnalyzeResult(paths=_write(analysis, out), analysis=analysis)
 
 
 def _write(analysis: Analysis, out: Path) -> dict[str, str]:
-    """Every file of `analysis` into `out`; {output name: path}, cells.h5ad last."""
+    """Every file of `analysis` into `out`, each atomically; {output name: path}, cells.h5ad last."""
     from jaxsae.analysis.association import plot_association_heatmap
 
     paths: dict[str, str] = {}
@@ -172,11 +164,14 @@ def _write(analysis: Analysis, out: Path) -> dict[str, str]:
     if analysis.associations is not None:
         paths["associations"] = _csv(analysis.associations, out / "associations.csv")
         paths["best_features"] = _csv(analysis.best, out / "best_features.csv")
-        paths["heatmap"] = plot_association_heatmap(analysis.associations, out / "heatmap.png")
+        with atomic_path(out / "heatmap.png") as tmp:
+            plot_association_heatmap(analysis.associations, tmp)
+        paths["heatmap"] = os.fspath(out / "heatmap.png")
         expression = _expression_of_best(analysis.adata, analysis.best, name=analysis.name, notes=analysis.notes)
         if expression is not None:
             paths["expression"] = _csv(expression, out / "expression.csv")
-    analysis.adata.write_h5ad(out / "cells.h5ad")
+    with atomic_path(out / "cells.h5ad") as tmp:
+        analysis.adata.write_h5ad(tmp)
     paths["cells"] = os.fspath(out / "cells.h5ad")
     return paths
 
@@ -211,5 +206,6 @@ def _genes(store_path) -> pd.DataFrame | None:
 
 
 def _csv(table: pd.DataFrame, path: Path, *, index: bool = False) -> str:
-    table.to_csv(path, index=index)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=index)
     return os.fspath(path)

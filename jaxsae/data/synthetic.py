@@ -8,6 +8,9 @@ import os
 
 import numpy as np
 
+from jaxsae.atomic import atomic_path
+from jaxsae.errors import ConfigError
+
 TRUTH_FILE = "ground_truth.npz"
 
 
@@ -36,9 +39,11 @@ class SynthConfig:
     def __post_init__(self):
         for name in ("rows", "d_model", "n_features"):
             if getattr(self, name) < 1:
-                raise ValueError(f"synth.{name}: must be >= 1, got {getattr(self, name)}")
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"synth.{name}: must be >= 1, got {getattr(self, name)} (CLI: {flag})")
         if not 0 < self.active_per_row <= self.n_features:
-            raise ValueError(f"synth.active_per_row: must be in (0, n_features], got {self.active_per_row}")
+            raise ConfigError(f"synth.active_per_row: must be in (0, n_features={self.n_features}], got "
+                              f"{self.active_per_row} (CLI: --active-per-row)")
 
 
 def _truth(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +78,8 @@ def synthesize(path: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, ove
         source={"model": "synthetic", "layer": None, "kind": "synthetic", "synth": dataclasses.asdict(cfg)},
     )
     directions, offset = _truth(cfg)
-    tmp = os.path.join(path, TRUTH_FILE + ".tmp.npz")
-    np.savez(tmp, directions=directions, offset=offset, config=json.dumps(dataclasses.asdict(cfg)))
-    os.replace(tmp, os.path.join(path, TRUTH_FILE))
+    with atomic_path(os.path.join(path, TRUTH_FILE)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, directions=directions, offset=offset, config=json.dumps(dataclasses.asdict(cfg)))
     with writer:
         for start in range(0, cfg.rows, chunk):
             stop = min(cfg.rows, start + chunk)

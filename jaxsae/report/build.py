@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from jaxsae.analysis.cells import cells_matrix
-from jaxsae.analysis.errors import AnalysisError
+from jaxsae.errors import AnalysisError
 from jaxsae.report import plots
 from jaxsae.report.html import render_report
 from jaxsae.report.source import resolve, summary

@@ -17,13 +17,14 @@ import html
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from jaxsae.atomic import write_atomic
 
 PAGE_ROWS = 100
 
@@ -142,7 +143,7 @@ _JS = """
 
 def render_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, object],
                   images: Mapping[str, bytes], features: pd.DataFrame, cards: list[dict]) -> Path:
-    """Write the report to `path` atomically (a temporary file in the same folder, then os.replace).
+    """Write the report to `path` atomically (jaxsae.atomic).
 
     summary: {label: value} shown at the top (numbers formatted, dicts as `key=value` lists).
     images: {caption: PNG bytes} shown under the summary (training curves, density histogram).
@@ -175,21 +176,7 @@ def render_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, 
         f"<p class=\"note\">Written by jaxsae on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>",
         f"<script>{_JS}</script></body></html>\n",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(parts))
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would keep the report from colleagues
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, "".join(parts))
 
 
 def _esc(value: object) -> str:

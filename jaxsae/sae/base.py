@@ -19,14 +19,12 @@ from typing import Any, Annotated, Callable, Literal, Mapping, NamedTuple
 
 import jax
 
+from jaxsae.errors import ConfigError
+
 Params = dict[str, jax.Array]
 Buffers = dict[str, jax.Array]
 HParams = Any  # an architecture's hyperparameter NamedTuple (scalars for one member, [E] arrays for a stack)
 Layout = Mapping[str, int | None]  # leaf name -> the axis (of one member's leaf) that indexes latents, or None
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and the fix."""
 
 
 class Axes(NamedTuple):

@@ -13,7 +13,7 @@ checks them all. `FolderLock` keeps one writer per folder (extractions, trainers
 
 from __future__ import annotations
 
-from jaxsae.store.errors import StoreError, StoreWriteError
+from jaxsae.errors import StoreError, StoreWriteError
 from jaxsae.store.lock import FolderLock, FolderLockedError
 from jaxsae.store.manifest import SCHEMA_VERSION, Manifest, NormStats
 from jaxsae.store.reader import ActivationStore, describe_store, open_store

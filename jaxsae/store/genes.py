@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxsae.store.errors import StoreError
+from jaxsae.atomic import write_atomic
+from jaxsae.errors import StoreError
 
 GENES_FILE = "genes.tsv"
 COLUMNS = ("token_id", "gene_id", "symbol")
@@ -32,24 +33,13 @@ def _store_folder(store) -> Path:
 def write_genes(store_path: str | os.PathLike, table: pd.DataFrame) -> Path:
     """Atomically write `table` (columns token_id, gene_id, symbol; one row per token) as `store_path/genes.tsv`.
 
-    Written to a temporary file, fsynced, then renamed, so a reader never sees half a table. Raises
+    Written atomically (jaxsae.atomic), so a reader never sees half a table. Raises
     StoreError when the table lacks a column or repeats a token id.
     """
     folder = Path(store_path)
     table = _checked(table.reset_index() if table.index.name == "token_id" else table, folder / GENES_FILE)
-    target = folder / GENES_FILE
-    tmp = folder / f".{GENES_FILE}.tmp"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "w", newline="") as f:
-            table.sort_values("token_id").to_csv(f, sep="\t", index=False, columns=list(COLUMNS))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    text = table.sort_values("token_id").to_csv(sep="\t", index=False, columns=list(COLUMNS), lineterminator="\n")
+    return write_atomic(folder / GENES_FILE, text)
 
 
 def load_genes(store) -> pd.DataFrame:

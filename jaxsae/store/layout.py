@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tensorstore as ts
 
-from jaxsae.store.errors import StoreError
+from jaxsae.errors import StoreError
 from jaxsae.store.manifest import Manifest
 
 ACTS = "acts"

@@ -19,13 +19,9 @@ import socket
 import time
 import uuid
 
-from jaxsae.store.errors import StoreError
+from jaxsae.errors import FolderLockedError, JaxsaeError
 
 log = logging.getLogger("jaxsae.lock")
-
-
-class FolderLockedError(StoreError):
-    """Another writer holds the folder."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,7 +64,7 @@ class FolderLock:
     ("run_dir", "out_dir"). Subclasses set `locked_error` to raise their own error family.
     """
 
-    locked_error: type[Exception] = FolderLockedError
+    locked_error: type[JaxsaeError] = FolderLockedError
 
     def __init__(self, folder: str | os.PathLike, file_name: str, what: str, field: str = "folder"):
         self.folder = os.fspath(folder)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxsae.store.errors import StoreError
+from jaxsae.atomic import write_atomic
+from jaxsae.errors import StoreError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -271,20 +272,5 @@ def read_manifest(store_path: Path) -> Manifest:
 
 
 def write_manifest(store_path: Path, manifest: Manifest) -> None:
-    """Atomically replace `store_path/manifest.json`: write a temporary file, fsync, rename, fsync the folder."""
-    target = store_path / MANIFEST_NAME
-    tmp = store_path / f".{MANIFEST_NAME}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written leftover (e.g. on a full disk)
-        raise
-    folder = os.open(store_path, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Atomically replace `store_path/manifest.json` (jaxsae.atomic: fsynced temporary, rename, fsynced folder)."""
+    write_atomic(store_path / MANIFEST_NAME, manifest.to_json())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsae.store.errors import StoreError
+from jaxsae.errors import StoreError
 from jaxsae.store.layout import ACTS, METADATA_DTYPES, open_arrays
 from jaxsae.store.manifest import Manifest, NormStats, read_manifest
 

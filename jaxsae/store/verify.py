@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsae.store.errors import StoreError
+from jaxsae.errors import StoreError
 from jaxsae.store.layout import ACTS, METADATA_DTYPES, METADATA_FILL, open_arrays
 from jaxsae.store.manifest import Manifest, read_manifest
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from jaxsae.store.errors import StoreError, StoreWriteError
+from jaxsae.errors import StoreError, StoreWriteError
 from jaxsae.store.layout import ACTS, ARRAY_NAMES, METADATA_DTYPES, METADATA_FILL, create_arrays, open_arrays
 from jaxsae.store.manifest import (
     MANIFEST_NAME,

@@ -42,8 +42,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 
+from jaxsae.atomic import write_atomic
 from jaxsae.data.stream import StreamState
-from jaxsae.sae.base import ConfigError
+from jaxsae.errors import CheckpointError
 from jaxsae.train.config import TrainConfig
 from jaxsae.sae.base import build
 from jaxsae.train import optim
@@ -58,10 +59,6 @@ _ITEMS = ("state", "stream", "config", "checksums")
 _NOISY_LOGGERS = ("absl", "asyncio", "orbax", "orbax.checkpoint", "jax._src.distributed")
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ConfigError):
-    """Checkpoints exist but none can be restored (or one cannot be written)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,10 +325,5 @@ def truncate_metrics(run_dir: str, last_step: int) -> list[dict]:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, "".join(lines))
     return kept

@@ -11,7 +11,8 @@ import typing
 from typing import Any
 
 from jaxsae.sae import base as sae_base
-from jaxsae.sae.base import ConfigError, SAEConfig
+from jaxsae.errors import ConfigError
+from jaxsae.sae.base import SAEConfig
 
 SCHEMA_VERSION = 1
 """Version of the run-folder files (config.json, run.json) this jaxsae writes and reads."""

@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from jaxsae.sae.base import ConfigError
+from jaxsae.errors import ConfigError
 from jaxsae.train.config import DistributedConfig
 
 ENV_COORDINATOR = "JAXSAE_COORDINATOR"

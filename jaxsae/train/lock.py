@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from jaxsae.sae.base import ConfigError
+from jaxsae.errors import RunLockedError
 from jaxsae.store.lock import FolderLock
 
 LOCK_FILE = "train.lock"
-
-
-class RunLockedError(ConfigError):
-    """Another trainer holds the run folder."""
 
 
 class RunLock(FolderLock):

@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxsae.data.order import BlockShuffleOrder
 from jaxsae.data.stream import ActivationStream, StreamState
 from jaxsae.dictionary import save_dictionary
-from jaxsae.sae.base import ConfigError
+from jaxsae.errors import ConfigError, NonFiniteError
 from jaxsae.sae.init import geometric_median
 from jaxsae.store import StoreError, open_store
 from jaxsae.train import checkpoint as checkpoint_lib
@@ -36,10 +36,6 @@ GEOMETRIC_MEDIAN_ROWS = 4096
 NAMED_ROWS = 10
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(ConfigError):
-    """Training met a non-finite loss or gradient; the run stopped with its last good checkpoint kept."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,15 +19,15 @@ match, or the rerun is refused before any work with every differing field named 
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 import time
 
 from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
-from jaxsae.dictionary import TMP_PREFIX as TMP_DICTIONARY_PREFIX
-from jaxsae.sae.base import ConfigError
+from jaxsae.atomic import leftovers, write_atomic
+from jaxsae.differences import differences
+from jaxsae.errors import ConfigError
 from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
 
 RESULT_NEUTRAL = ("run_dir", "mesh.*", "distributed.*", "progress", "log_every", "tensorboard", "checkpoint_every",
@@ -56,15 +56,6 @@ def dictionary_dir(run_dir: str, member: int) -> str:
     return os.path.join(run_dir, "dictionaries", f"member_{member:03d}")
 
 
-def write_json_atomic(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare(run_dir: str, cfg: TrainConfig, store_identity: dict) -> None:
     """Create (or reuse) the run folder; refuse one that holds a finished run or an unfinished run whose
     settings differ in anything but `RESULT_NEUTRAL` (config.json is then left as it was).
@@ -89,7 +80,8 @@ def prepare(run_dir: str, cfg: TrainConfig, store_identity: dict) -> None:
                 f"resume it with the same settings (jaxsae train {cfg_path}) or choose a new run_dir"
             )
     remove_leftovers(run_dir)
-    write_json_atomic(cfg_path, {"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity})
+    saved = {"schema_version": SCHEMA_VERSION, **cfg.to_dict(), "store_identity": store_identity}
+    write_atomic(cfg_path, json.dumps(saved, indent=2, default=str))
 
 
 def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -> list[str]:
@@ -98,54 +90,37 @@ def config_differences(previous: dict, cfg: TrainConfig, store_identity: dict) -
         old_cfg = make_config(previous)
     except ConfigError as e:
         raise ConfigError(f"run_dir: {cfg.run_dir}/config.json cannot be read back ({e}); choose a new run_dir") from None
-    old, new = _comparable(old_cfg), _comparable(cfg)
     old_store = previous.get("store_identity")
     moved_store = bool(old_store) and old_store == store_identity  # the same store at another path: same result
-    differing = [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
-                 for key in sorted(old.keys() | new.keys())
-                 if old.get(key) != new.get(key) and not _neutral(key) and not (key == "data.store" and moved_store)]
+    differing = differences(_settings(old_cfg), _settings(cfg),
+                            ignore=RESULT_NEUTRAL + (("data.store",) if moved_store else ()))
     if old_store and old_store != store_identity and old_cfg.data.store == cfg.data.store:
         describe = lambda s: f"created {s.get('created')}, {s.get('rows_committed')} rows of d={s.get('d_model')}"  # noqa: E731
         differing.append(f"data.store (contents): {describe(old_store)} -> {describe(store_identity)}")
     return differing
 
 
-def _comparable(cfg: TrainConfig) -> dict[str, str]:
-    """Dotted name -> JSON text of every setting; steps/total_rows as the number of steps they mean."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-        elif prefix == "members.":
-            for i, member in enumerate(node):
-                walk(f"members[{i}].", member)
-            flat["len(members)"] = str(len(node))
-        else:
-            flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
-
+def _settings(cfg: TrainConfig) -> dict:
+    """Every setting; steps/total_rows as the number of steps they mean."""
     settings = cfg.to_dict()
     settings.pop("total_rows")
     settings["steps"] = cfg.num_steps
-    walk("", settings)
-    return flat
-
-
-def _neutral(key: str) -> bool:
-    return any(key == n or (n.endswith(".*") and key.startswith(n[:-1])) for n in RESULT_NEUTRAL)
+    return settings
 
 
 def remove_leftovers(run_dir: str) -> None:
-    """Delete what an interrupted writer leaves: `*.tmp` files and half-saved `.tmp-dictionary-*` folders."""
-    for path in glob.glob(os.path.join(run_dir, "*.tmp")):
-        os.unlink(path)
-    for path in glob.glob(os.path.join(run_dir, "dictionaries", TMP_DICTIONARY_PREFIX + "*")):
-        shutil.rmtree(path, ignore_errors=True)
+    """Delete what an interrupted writer leaves: the `.tmp-*` files and half-saved dictionary folders of
+    jaxsae.atomic in the run folder and its dictionaries/ folder."""
+    for path in leftovers(run_dir) + leftovers(os.path.join(run_dir, "dictionaries")):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def mark_complete(run_dir: str, summary: dict) -> None:
     remove_leftovers(run_dir)
-    write_json_atomic(os.path.join(run_dir, COMPLETE_FILE),
-                      {"status": "complete", "schema_version": SCHEMA_VERSION,
-                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
+    write_atomic(os.path.join(run_dir, COMPLETE_FILE),
+                 json.dumps({"status": "complete", "schema_version": SCHEMA_VERSION,
+                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary},
+                            indent=2, default=str))
