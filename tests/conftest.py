@@ -23,6 +23,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tests' pro
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # cache every size, on any filesystem
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -31,3 +32,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pbmc_cells():
+    """scanpy's pbmc68k_reduced as raw counts (700 cells x 765 genes, obs bulk_labels; `extract.demo.pbmc_counts`),
+    built once per run. Shared: tests that change it work on `pbmc_cells.copy()`."""
+    from extract.demo import pbmc_counts
+
+    return pbmc_counts()
