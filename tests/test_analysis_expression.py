@@ -16,12 +16,10 @@ def with_feature(adata, active: np.ndarray):
     return adata
 
 
-def test_raw_counts_are_normalised_on_a_copy_and_the_markers_come_out():
+def test_raw_counts_are_normalised_on_a_copy_and_the_markers_come_out(pbmc_cells):
     import scanpy as sc
 
-    from extract.demo import pbmc_counts
-
-    adata = pbmc_counts()
+    adata = pbmc_cells.copy()
     monocyte = (adata.obs["bulk_labels"] == "CD14+ Monocyte").to_numpy()
     with_feature(adata, monocyte)
     counts_before = adata.X.copy()

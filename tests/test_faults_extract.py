@@ -35,6 +35,20 @@ def case(tmp_path_factory):
     return adata, model
 
 
+def extract_in_process(adata, model, out):
+    """What `jaxsae extract` with `cli_args` does, in this process (no interpreter start, no second import)."""
+    return extract(adata, model, out, layers=[0, 1], cells_per_commit=8, batch_size=4, shard_rows=1024,
+                   chunk_rows=256, device="cpu", progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def reference(case, tmp_path_factory):
+    """The uninterrupted extraction of `case`, read only by the tests that compare against it."""
+    out = tmp_path_factory.mktemp("faults") / "reference"
+    extract_in_process(*case, out)
+    return out
+
+
 def cli_args(adata, model, out, *extra):
     return ["extract", str(adata), str(model), str(out), "--layers", "0,1", "--cells-per-commit", "8",
             "--batch-size", "4", "--shard-rows", "1024", "--chunk-rows", "256", "--device", "cpu",
@@ -76,10 +90,8 @@ def cells_done(manifest: Path) -> int:
         return -1
 
 
-def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, tmp_path):
+def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, reference, tmp_path):
     adata, model = case
-    reference = tmp_path / "reference"
-    assert subprocess.run(jaxsae(*cli_args(adata, model, reference)), env=ENV, capture_output=True).returncode == 0
     rng = np.random.default_rng(7)  # random kill points: after store S committed window W, plus 0-40 ms
     interrupted = 0
     for trial in range(5):
@@ -98,17 +110,13 @@ def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, tmp_path
                 assert all(open_store(out / rel).is_complete for rel in stores_of(out))
             else:
                 interrupted += 1
-        rerun = subprocess.run(jaxsae(*cli_args(adata, model, out)), env=ENV, capture_output=True, text=True)
-        assert rerun.returncode == 0, rerun.stderr
+        extract_in_process(adata, model, out)  # the rerun: the same command, in-process
         assert_same_extraction(reference, out)
     assert interrupted >= 4, f"only {interrupted} of 5 kills landed during the extraction"
 
 
-def test_disk_full_is_one_line_marks_nothing_complete_and_the_rerun_completes(case, tmp_path):
+def test_disk_full_is_one_line_marks_nothing_complete_and_the_rerun_completes(case, reference, tmp_path):
     adata, model = case
-    reference = tmp_path / "reference"
-    extract(adata, model, reference, layers=[0, 1], cells_per_commit=8, batch_size=4, shard_rows=1024,
-            chunk_rows=256, device="cpu", progress_bar=False)
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)]).returncode != 0:
@@ -127,8 +135,7 @@ def test_disk_full_is_one_line_marks_nothing_complete_and_the_rerun_completes(ca
             report = verify_store(out / rel)
             assert len(report.nonfinite_rows) == 0 and report.problems in ([], [report.manifest.status]), report.problems
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        extract(adata, model, out, layers=[0, 1], cells_per_commit=8, batch_size=4, shard_rows=1024,
-                chunk_rows=256, device="cpu", progress_bar=False)  # the same command, run in-process
+        extract_in_process(adata, model, out)
         assert_same_extraction(reference, out)
     finally:
         subprocess.run(["umount", str(disk)])
@@ -166,7 +173,8 @@ def test_two_extraction_processes_on_one_folder_one_runs_the_other_is_refused(ca
             "choose another out_dir"]
     finally:
         go.touch()
-    assert first.wait(timeout=300) == 0, first.stderr.read()
+    with first:
+        assert first.wait(timeout=300) == 0, first.stderr.read()
     assert json.loads((out / "extraction.json").read_text())["complete"] is True
     assert not (out / "extract.lock").exists()
 

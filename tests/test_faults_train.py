@@ -25,6 +25,7 @@ from jaxsae.store import open_store
 from jaxsae.train import checkpoint as ckpt
 from jaxsae.train.config import load_config
 from jaxsae.train.loop import make_order, train
+from jaxsae.train.metrics import read_metrics
 
 STEPS = 14
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,14 @@ def stopped(store, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def stopped_at_10(store, tmp_path_factory):
+    """A run folder stopped after step 10 (checkpoints 5 and 10); tests damage copies of it, never it."""
+    run_dir = tmp_path_factory.mktemp("faults") / "stopped_at_10"
+    train(load_config(None, _args(store, run_dir)), stop_after=10)
+    return run_dir
+
+
 def _damage(path, kind: str) -> None:
     """Damage the checkpoint folder `path` as a disk or a user would: in place, truncated, deleted, or its arrays
     replaced by others that decode (what damage the file format cannot see looks like)."""
@@ -112,11 +121,10 @@ def _damage(path, kind: str) -> None:
     ("truncated", "could not be restored"),
     ("deleted", None),
 ])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(store, reference, tmp_path, capsys, kind,
-                                                                     message):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(stopped_at_10, reference, tmp_path, capsys,
+                                                                     kind, message):
     run_dir = tmp_path / "run"
-    cfg = load_config(None, _args(store, run_dir))
-    train(cfg, stop_after=10)  # checkpoints 5 and 10
+    shutil.copytree(stopped_at_10, run_dir)  # checkpoints 5 and 10
     newest = run_dir / ckpt.CHECKPOINT_DIR / "10"
     _damage(newest, kind)
     capsys.readouterr()
@@ -134,9 +142,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(store, refer
     _assert_bitwise(_dictionaries(run_dir), reference)
 
 
-def test_no_usable_checkpoint_is_one_line_and_never_a_silent_restart(store, reference, tmp_path):
+def test_no_usable_checkpoint_is_one_line_and_never_a_silent_restart(stopped_at_10, reference, tmp_path):
     run_dir = tmp_path / "run"
-    train(load_config(None, _args(store, run_dir)), stop_after=10)
+    shutil.copytree(stopped_at_10, run_dir)
     for step in ("5", "10"):
         _damage(run_dir / ckpt.CHECKPOINT_DIR / step, "garbled" if step == "10" else "truncated")
     command = [sys.executable, "-m", "jaxsae.cli", "train", str(run_dir / "config.json")]
@@ -155,7 +163,7 @@ def test_no_usable_checkpoint_is_one_line_and_never_a_silent_restart(store, refe
     # ... unless asked to: then it trains from scratch to the uninterrupted run's result.
     assert main(["train", str(run_dir / "config.json"), "--restart"]) == 0
     _assert_bitwise(_dictionaries(run_dir), reference)
-    assert [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")] == [3, 6, 9, 12, 14]
+    assert [r["step"] for r in read_metrics(str(run_dir))] == [3, 6, 9, 12, 14]
 
 
 def test_nan_rows_in_the_store_stop_the_run_naming_step_and_rows(tmp_path, capfd):
@@ -273,29 +281,27 @@ def _committed(run_dir) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, seed):
+def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, capsys, monkeypatch, seed):
     run_dir = tmp_path / "run"
     args = _args(store, run_dir, "checkpoint_every=1")  # saves in flight most of the time
-    proc = subprocess.Popen([sys.executable, "-m", "jaxsae.cli", "train", *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not _committed(run_dir):  # then kill at a point drawn from a fixed seed
-        assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    time.sleep(random.Random(seed).uniform(0.0, 0.5))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with subprocess.Popen([sys.executable, "-m", "jaxsae.cli", "train", *args], env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 180
+        while not _committed(run_dir):  # then kill at a point drawn from a fixed seed
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        time.sleep(random.Random(seed).uniform(0.0, 0.5))
+        proc.send_signal(signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, "the trainer finished before the kill"
     assert not (run_dir / "run.json").exists()
     with pytest.raises(DictionaryError, match="has not finished"):
         jaxsae.load(run_dir / "dictionaries" / "member_000")
 
-    rerun = subprocess.run([sys.executable, "-m", "jaxsae.cli", "train", str(run_dir / "config.json")], env=ENV,
-                           capture_output=True, text=True, cwd=tmp_path)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "Traceback" not in rerun.stderr
-    assert any(line.startswith("jaxsae: resuming from step ") for line in rerun.stderr.splitlines()), rerun.stderr
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", str(run_dir / "config.json")]) == 0  # the rerun: the same command, in-process
+    err = capsys.readouterr().err
+    assert any(line.startswith("jaxsae: resuming from step ") for line in err.splitlines()), err
     _assert_bitwise(_dictionaries(run_dir), reference)
-    steps = [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")]
-    assert steps == [3, 6, 9, 12, 14]
+    assert [r["step"] for r in read_metrics(str(run_dir))] == [3, 6, 9, 12, 14]

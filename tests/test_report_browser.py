@@ -20,17 +20,16 @@ N_CARDS = 8
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def report(tmp_path_factory, pbmc_cells) -> Path:
     import scanpy as sc
 
-    from extract.demo import pbmc_counts
     from extract.run import extract
     from extract.testing import write_geneformer_folder
     from jaxsae.train.config import load_config
     from jaxsae.train.loop import train
 
     d = tmp_path_factory.mktemp("report")
-    adata = pbmc_counts()  # raw counts of real cells; its UMAP comes from the same cells in pbmc68k_reduced
+    adata = pbmc_cells.copy()  # raw counts of real cells; its UMAP comes from the same cells in pbmc68k_reduced
     adata.obsm["X_umap"] = sc.datasets.pbmc68k_reduced().obsm["X_umap"]
     adata.write_h5ad(d / "cells.h5ad")
     ids = adata.var["ensembl_id"].tolist()

@@ -145,12 +145,10 @@ def official_binning(row, n_bins):
 
 
 @pytest.fixture(scope="module")
-def pbmc_rows():
+def pbmc_rows(pbmc_cells):
     """Real count rows with many ties: scanpy's pbmc68k_reduced recovered as raw counts (700 cells, about
     250 non-zero genes each, most of them 1, 2 or 3), as float32 like scGPT's tensors."""
-    from extract.demo import pbmc_counts
-
-    return pbmc_counts().X.toarray().astype(np.float32)
+    return pbmc_cells.X.toarray().astype(np.float32)
 
 
 def test_scgpt_binning_has_the_official_support_and_distribution(pbmc_rows):
