@@ -191,17 +191,20 @@ def hparam_fields(cls: type) -> dict[str, tuple[type, Range]]:
     return fields
 
 
-def check_hparams(arch: Architecture, cfg: SAEConfig, values: Mapping[str, Any], where: str) -> Any:
+def check_hparams(arch: Architecture, cfg: SAEConfig, values: Mapping[str, Any], where: str,
+                  also_allowed: tuple[str, ...] = ()) -> Any:
     """`arch.default_hparams` with `values` applied, each checked: a known field, an integer where the field is
-    int, within its Range. `where` prefixes messages ("hparams" or "members[2]")."""
+    int, within its Range. `where` prefixes messages ("hparams" or "members[2]"); `also_allowed` names the
+    caller's own settings valid in the same place (a member's lr and seed), for the message."""
     fields = hparam_fields(arch.hparams)
     out = {}
     for key, value in values.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            allowed = sorted({*fields, *also_allowed})
+            close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {where}.{close[0]}? " if close else ""
             raise ConfigError(f"{where}.{key}: not a hyperparameter of {arch.name}; {hint}"
-                              f"allowed: {', '.join(sorted(fields))}")
+                              f"allowed: {', '.join(allowed)}")
         kind, bounds = fields[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 kind is int and not float(value).is_integer()):

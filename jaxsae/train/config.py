@@ -179,7 +179,8 @@ class TrainConfig:
                 raise ConfigError(f"members[{i}].lr: must be > 0, got {member['lr']}")
             if "seed" in member and (not float(member["seed"]).is_integer() or member["seed"] < 0):
                 raise ConfigError(f"members[{i}].seed: must be an integer >= 0, got {member['seed']}")
-            sae_base.check_hparams(arch, self.sae, self.member_arch_hparams(i), f"members[{i}]")
+            sae_base.check_hparams(arch, self.sae, self.member_arch_hparams(i), f"members[{i}]",
+                                   also_allowed=("lr", "seed"))
 
     @property
     def n_members(self) -> int:
