@@ -107,17 +107,17 @@ def test_sigkilled_trainer_resumes_bitwise(store, uninterrupted, tmp_path, capsy
     # Checkpoint every step, so the kill lands while saves are in flight; same 8 devices as this process.
     overrides = _overrides(store, run_dir, "checkpoint_every=1")
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, *overrides], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    delay = random.uniform(0.0, 0.4)
-    deadline = time.monotonic() + 180
-    while not (run_dir / ckpt.CHECKPOINT_DIR).is_dir() or not os.listdir(run_dir / ckpt.CHECKPOINT_DIR):
-        assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with subprocess.Popen([sys.executable, "-c", WORKER, *overrides], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        delay = random.uniform(0.0, 0.4)
+        deadline = time.monotonic() + 180
+        while not (run_dir / ckpt.CHECKPOINT_DIR).is_dir() or not os.listdir(run_dir / ckpt.CHECKPOINT_DIR):
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the trainer finished before the kill (delay {delay:.2f}s)"
 
     result = train(load_config(None, overrides))
