@@ -77,12 +77,13 @@ def test_without_the_extractor_its_verbs_still_explain_the_install(tmp_path):
 
 def test_a_closed_pipe_is_not_a_crash(tmp_path):
     """`jaxsae ... | head`: the reader goes away before jaxsae prints; no BrokenPipeError traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "jaxsae.cli", "synth", tmp_path / "s", "--rows", "512",
-                             "--d-model", "8", "--n-features", "16"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=ENV, cwd=REPO, text=True)
-    proc.stdout.close()  # before the child has even imported jaxsae: its one print hits a closed pipe
-    err = proc.stderr.read()
-    assert proc.wait(timeout=300) == 1, err  # Python's convention for EPIPE (docs: signal, "Note on SIGPIPE")
+    with subprocess.Popen([sys.executable, "-m", "jaxsae.cli", "synth", tmp_path / "s", "--rows", "512",
+                           "--d-model", "8", "--n-features", "16"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=ENV, cwd=REPO, text=True) as proc:
+        proc.stdout.close()  # before the child has even imported jaxsae: its one print hits a closed pipe
+        err = proc.stderr.read()
+        status = proc.wait(timeout=300)
+    assert status == 1, err  # Python's convention for EPIPE (docs: signal, "Note on SIGPIPE")
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert (tmp_path / "s" / "manifest.json").is_file()  # the work itself was done
 
