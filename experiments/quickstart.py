@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxsae.errors import JaxsaeError
     from jaxsae.report import build_report
     from jaxsae.store import open_store
-    from jaxsae.train.config import make_config
+    from jaxsae.train import make_config
     from jaxsae.train.loop import train
     from jaxsae.train.run_folder import dictionary_dir, is_complete
 

@@ -25,7 +25,8 @@ _EXPORTS = {
     "open_store": "jaxsae.store", "load_genes": "jaxsae.store.genes",
     "SynthConfig": "jaxsae.data.synthetic", "synthesize": "jaxsae.data.synthetic",
     "feature_recovery": "jaxsae.data.synthetic", "load_truth": "jaxsae.data.synthetic",
-    "TrainConfig": "jaxsae.train.config", "load_config": "jaxsae.train.config", "make_config": "jaxsae.train.config",
+    "TrainConfig": "jaxsae.train.config",
+    "load_config": "jaxsae.train.config_files", "make_config": "jaxsae.train.config_files",
     "fit": "jaxsae.train.loop", "RunResult": "jaxsae.train.loop",
 }
 

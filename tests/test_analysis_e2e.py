@@ -31,7 +31,7 @@ def geneformer_run(tmp_path_factory):
     """(h5ad, model folder, extraction output, dictionary folder): 40 cells with a cell_type column, a 2-block
     Geneformer, layer 1 extracted, and a dictionary trained on its token store for 30 steps."""
     from jaxsae.train import train
-    from jaxsae.train.config import load_config
+    from jaxsae.train import load_config
 
     d = tmp_path_factory.mktemp("gf_analyze")
     h5ad = write_counts_h5ad(d / "cells.h5ad", 40, GENES, mean=1.0)

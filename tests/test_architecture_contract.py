@@ -19,7 +19,7 @@ from jaxsae.sae import Architecture, Axes, ConfigError, LossOut, Range, SAEConfi
 from jaxsae.sae.collectives import psum
 from jaxsae.train import checkpoint as ckpt
 from jaxsae.train import mesh as mesh_lib
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import train
 
 D, N, STEPS = 16, 64, 8

@@ -20,7 +20,8 @@ from jaxsae.sae.base import ConfigError
 from jaxsae.train import checkpoint as ckpt
 from jaxsae.train import distributed
 from jaxsae.train import mesh as mesh_lib
-from jaxsae.train.config import DistributedConfig, make_config
+from jaxsae.train.config import DistributedConfig
+from jaxsae.train.config_files import make_config
 from jaxsae.train.lock import RunLock, RunLockedError
 from jaxsae.sae.base import build
 from jaxsae.train import optim

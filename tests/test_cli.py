@@ -62,7 +62,7 @@ def test_missing_config_file_is_refused(tmp_path, capsys):
 
 
 def test_train_on_a_run_folders_config_resumes_it_from_anywhere(store, tmp_path, monkeypatch):
-    from jaxsae.train.config import load_config
+    from jaxsae.train import load_config
     from jaxsae.train.loop import train
     from jaxsae.train.metrics import read_metrics
 

@@ -23,7 +23,7 @@ from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.dictionary import DictionaryError
 from jaxsae.store import open_store
 from jaxsae.train import checkpoint as ckpt
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import make_order, train
 from jaxsae.train.metrics import read_metrics
 

@@ -17,13 +17,13 @@ import jaxsae
 from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.train import checkpoint as ckpt
 from jaxsae.train import mesh as mesh_lib
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import train
 from jaxsae.train.metrics import read_metrics
 
 WORKER = """
 import sys
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import train
 result = train(load_config(None, sys.argv[1:]))
 print("worker done", result.dictionaries)

@@ -25,7 +25,7 @@ def report(tmp_path_factory, pbmc_cells) -> Path:
 
     from extract.run import extract
     from extract.testing import write_geneformer_folder
-    from jaxsae.train.config import load_config
+    from jaxsae.train import load_config
     from jaxsae.train.loop import train
 
     d = tmp_path_factory.mktemp("report")

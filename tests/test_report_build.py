@@ -11,7 +11,7 @@ from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.dictionary import DictionaryError
 from jaxsae.report.build import best_label_per_feature, cell_umap, choose_cards
 from jaxsae.report.source import resolve, summary
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import train
 
 

@@ -17,7 +17,7 @@ import pytest
 from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.train import checkpoint as ckpt
 from jaxsae.train import mesh as mesh_lib
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.lock import RunLockedError
 from jaxsae.train.loop import train
 from jaxsae.train.metrics import read_metrics
@@ -25,7 +25,7 @@ from jaxsae.train.metrics import read_metrics
 STEPS = 14
 WORKER = """
 import sys
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import train
 train(load_config(None, sys.argv[1:]))
 """

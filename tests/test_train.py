@@ -11,7 +11,7 @@ import pytest
 import jaxsae
 from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.sae import builtin_names
-from jaxsae.train.config import load_config
+from jaxsae.train import load_config
 from jaxsae.train.loop import train
 from jaxsae.train.metrics import read_metrics
 

@@ -3,7 +3,7 @@
 import importlib
 
 _EXPORTS = {"DataConfig": "config", "MeshConfig": "config", "OptimConfig": "config", "TrainConfig": "config",
-            "load_config": "config", "make_config": "config", "RunResult": "loop", "train": "loop"}
+            "load_config": "config_files", "make_config": "config_files", "RunResult": "loop", "train": "loop"}
 __all__ = sorted(_EXPORTS)
 
 

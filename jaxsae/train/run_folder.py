@@ -28,7 +28,8 @@ from jaxsae.dictionary import RUN_COMPLETE_FILE as COMPLETE_FILE
 from jaxsae.atomic import leftovers, write_atomic
 from jaxsae.differences import differences
 from jaxsae.errors import ConfigError
-from jaxsae.train.config import SCHEMA_VERSION, TrainConfig, make_config
+from jaxsae.train.config import SCHEMA_VERSION, TrainConfig
+from jaxsae.train.config_files import make_config
 
 RESULT_NEUTRAL = ("run_dir", "mesh.*", "distributed.*", "progress", "log_every", "tensorboard", "checkpoint_every",
                   "keep_checkpoints", "data.prefetch", "data.allow_incomplete")
