@@ -10,7 +10,7 @@ Public API (imported lazily, so `import jaxsae.store` stays light):
     DictionaryError, AnalysisError, ExtractError)                every error raised on purpose (jaxsae.errors)
 """
 
-import importlib
+from jaxsae.lazy import lazy_exports
 
 from jaxsae.logs import install_default_handler
 
@@ -30,14 +30,4 @@ _EXPORTS = {
     "fit": "jaxsae.train.loop", "RunResult": "jaxsae.train.loop",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'jaxsae' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ Public API (imported lazily; each name lives in the module named next to it):
     load_genes(store)                                      jaxsae.store.genes  token id -> gene table
 """
 
-import importlib
+from jaxsae.lazy import lazy_exports
 
 _EXPORTS = {
     "TokenCodes": "jaxsae.analysis.encode", "encode_store": "jaxsae.analysis.encode",
@@ -31,14 +31,4 @@ _EXPORTS = {
     "AnalysisError": "jaxsae.errors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'jaxsae.analysis' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

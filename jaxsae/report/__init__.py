@@ -5,18 +5,8 @@
     plots.training_curves / density_histogram / feature_umap / activation_histogram -> PNG bytes
 """
 
-import importlib
+from jaxsae.lazy import lazy_exports
 
 _EXPORTS = {"build_report": "jaxsae.report.build", "render_report": "jaxsae.report.html"}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'jaxsae.report' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,13 +1,10 @@
 """Training: config, state, the jitted step, the loop, run folders, metrics."""
 
-import importlib
+from jaxsae.lazy import lazy_exports
 
-_EXPORTS = {"DataConfig": "config", "MeshConfig": "config", "OptimConfig": "config", "TrainConfig": "config",
-            "load_config": "config_files", "make_config": "config_files", "RunResult": "loop", "train": "loop"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"jaxsae.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'jaxsae.train' has no attribute {name!r}")
+_EXPORTS = {
+    **dict.fromkeys(("DataConfig", "MeshConfig", "OptimConfig", "TrainConfig"), "jaxsae.train.config"),
+    "load_config": "jaxsae.train.config_files", "make_config": "jaxsae.train.config_files",
+    "RunResult": "jaxsae.train.loop", "train": "jaxsae.train.loop",
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
