@@ -144,8 +144,23 @@ def _quiet_restore():
     finally:
         gc.collect()  # the failed reads' coroutines are reported while the hook is still ours
         sys.unraisablehook = _without_failed_read_noise(unraisablehook)
+        asyncio_log = logging.getLogger("asyncio")
+        if not any(isinstance(f, _DropFailedReadNoise) for f in asyncio_log.filters):
+            asyncio_log.addFilter(_DropFailedReadNoise())
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it was raised from) passed through Orbax's code: a failed read."""
+    while exc is not None:
+        tb = exc.__traceback__
+        while tb is not None:
+            if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _is_failed_read_noise(unraisable) -> bool:
@@ -154,7 +169,15 @@ def _is_failed_read_noise(unraisable) -> bool:
     exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
         return True
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+    return (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename) or _raised_in_orbax(exc)
+
+
+class _DropFailedReadNoise(logging.Filter):
+    """On the asyncio logger: drops "Task exception was never retrieved" for a failed restore's read tasks,
+    which the garbage collector can report any time later, down to interpreter exit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _raised_in_orbax(record.exc_info[1]))
 
 
 def _without_failed_read_noise(hook):
