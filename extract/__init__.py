@@ -7,8 +7,8 @@ Public API:
     extract.tokenize                 GeneformerTokenizer, ScGPTTokenizer
     extract.demo.prepare_demo(cache_dir, model_kind="geneformer" | "scgpt") -> (adata_path, model_dir)
     extract.demo_pretrain            reproduces the committed demo weights (python -m extract.demo_pretrain)
-    extract.cli.add_extract_parser / add_add_genes_parser   the `jaxsae extract` and `jaxsae store add-genes`
-                                     verbs (registered as `jaxsae.commands` entry points)
+    extract.cli.run_extract / run_add_genes   the `jaxsae extract` and `jaxsae store add-genes`
+                                     verbs (`jaxsae.commands` entry points: (argv, prog) -> exit status)
     extract.genes.add_genes(store, model_dir)          genes.tsv for a store extracted before gene tables
     extract.models.load_vocabulary(dir)                a model's gene table + checkpoint hash, weights unloaded
     extract.errors.ExtractError      every refusal of bad input (= jaxsae.errors.ExtractError)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from extract.errors import ExtractError
+from jaxsae.validation import checks_deferred
 
 _DTYPES = ("float32", "bfloat16")
 DUPLICATE_POLICIES = ("sum", "first", "error")
@@ -12,51 +14,63 @@ DUPLICATE_POLICIES = ("sum", "first", "error")
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Extraction settings; every field has a default that works.
-
-    counts_layer: where the raw counts are: None/"X" (adata.X), "raw" (adata.raw.X) or a layers key.
-    gene_column: var column with gene identifiers (Ensembl IDs for Geneformer, symbols for scGPT);
-        None = Geneformer: var['ensembl_id'] if present else the index; scGPT: the index.
-    batch_size: cells per forward pass. cells_per_commit: cells per commit window (resume granularity).
-    include_special_tokens: also write <cls>/<eos> rows to the token stores.
-    cell_embeddings: also write the cell_mean (and cell_cls) stores.
-    store_dtype: dtype of stored activations. compute_dtype: "bfloat16" runs the model under autocast
-        (meant for GPUs). device: "auto", "cpu", "cuda", "cuda:1", ...
-    model_input_size: Geneformer input length (default: the model's max_position_embeddings).
-    max_seq_len, n_hvg (None = all genes, as scGPT's embedding path; N = the N most variable genes; "args" =
-        args.json's n_hvg), hvg_flavor, include_zero_genes, seed (subsampling of long cells), binning_seed
-        (tie-breaking of scGPT's value binning): scGPT tokenisation.
-    duplicate_genes: var rows that name the same model gene: "sum" their counts, keep the "first", or "error".
-    token_dictionary, gene_median_dictionary, gene_name_dictionary: Geneformer dictionaries when they are
-        not in the model folder.
-    """
+    """Extraction settings; every field has a default that works."""
 
     counts_layer: str | None = None
+    """Where the raw counts are: None or "X" (adata.X), "raw" (adata.raw.X) or a layers key."""
     gene_column: str | None = None
+    """var column with gene ids (Ensembl for Geneformer, symbols for scGPT); default: Geneformer
+    var['ensembl_id'] if present, else the index."""
     batch_size: int = 16
+    """Cells per forward pass."""
     cells_per_commit: int = 256
+    """Cells per commit window (resume granularity)."""
     include_special_tokens: bool = False
+    """Also write <cls>/<eos> rows to the token stores."""
     cell_embeddings: bool = True
-    store_dtype: str = "float32"
-    compute_dtype: str = "float32"
+    """Also write the cell_mean (and cell_cls) stores."""
+    store_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Stored activation dtype."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 runs the model under autocast (meant for GPUs)."""
     device: str = "auto"
+    """auto, cpu, cuda, cuda:N."""
     shard_rows: int = 16384
+    """Store rows per shard (write unit)."""
     chunk_rows: int = 1024
+    """Store rows per chunk (read unit)."""
     overwrite: bool = False
+    """Replace stores that hold a different extraction."""
     progress_bar: bool = True
+    """Show a progress bar."""
     model_input_size: int | None = None
+    """Geneformer input length (default: the model's max_position_embeddings)."""
     max_seq_len: int | None = None
-    n_hvg: int | str | None = None
+    """scGPT max sequence length incl. <cls> (default: args.json)."""
+    n_hvg: int | Literal["args"] | None = None
+    """scGPT: restrict to the N most variable genes ("args": args.json's n_hvg; default: all genes, as scGPT's
+    embedding path)."""
     hvg_flavor: str = "seurat_v3"
+    """scanpy HVG flavor (seurat_v3 needs scikit-misc; seurat works without)."""
     include_zero_genes: bool = False
+    """scGPT: feed all kept genes, zeros included."""
     seed: int = 0
+    """Seed of scGPT's gene subsampling for cells longer than max_seq_len."""
     binning_seed: int = 0
-    duplicate_genes: str = "sum"
+    """Seed of scGPT's value binning (ties with bin edges get a random bin, as scGPT does); recorded in the
+    manifest."""
+    duplicate_genes: Literal["sum", "first", "error"] = "sum"
+    """var rows naming the same model gene: sum their counts, keep the first, or error."""
     token_dictionary: str | None = None
+    """Geneformer token dictionary .pkl, if not in the model folder."""
     gene_median_dictionary: str | None = None
+    """Geneformer gene median dictionary .pkl, if not in the model folder."""
     gene_name_dictionary: str | None = None
+    """Geneformer gene name -> Ensembl dictionary .pkl, if not in the model folder."""
 
     def __post_init__(self):
+        if checks_deferred():
+            return
         for name in ("batch_size", "cells_per_commit", "shard_rows", "chunk_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -45,7 +45,7 @@ class CountSource:
             layers = list(self._file["layers"].keys()) if "layers" in self._file else []
             raise ExtractError(
                 f"{self.path} has no count matrix at {key} (counts_layer={counts_layer!r}); layers present: "
-                f"{layers}, raw: {'raw' in self._file}; pass counts_layer=<where the raw counts are>"
+                f"{layers}, raw: {'raw' in self._file}; pass counts_layer=<where the raw counts are> (CLI: --counts_layer)"
             )
         element = self._file[key]
         self._matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element

@@ -47,7 +47,8 @@ def assert_refused(run: subprocess.CompletedProcess, *named: str) -> str:
 def test_each_verb_refuses_bad_input_with_one_message_and_status_2(verb, tmp_path):
     missing = tmp_path / "missing"
     args, named = {
-        "train": ([f"data.store={missing}", f"run_dir={tmp_path / 'run'}", "steps=5"], ["data.store", str(missing)]),
+        "train": ([f"--data.store={missing}", f"--run_dir={tmp_path / 'run'}", "--steps", "5"],
+                  ["data.store", str(missing)]),
         "synth": ([tmp_path / "s", "--rows", "0"], ["synth.rows", "--rows"]),
         "store info": ([missing], [str(missing)]),
         "store verify": ([missing], [str(missing)]),

@@ -17,8 +17,8 @@ import jaxsae
 from jaxsae.cli import main
 store, run_dir = sys.argv[1], sys.argv[2]
 assert main(["synth", store, "--rows", "2048", "--d-model", "8", "--n-features", "16"]) == 0
-assert main(["train", f"data.store={store}", f"run_dir={run_dir}", "sae.d_model=8", "sae.n_latents=16", "sae.k=2",
-             "steps=4", "log_every=2", "progress=false", "data.batch_rows=256"]) == 0
+assert main(["train", f"--data.store={store}", f"--run_dir={run_dir}", "--sae.d_model=8", "--sae.n_latents=16",
+             "--sae.k=2", "--steps=4", "--log_every=2", "--no_progress", "--data.batch_rows=256"]) == 0
 print("loaded:", sorted(BLOCKED & {name.split(".")[0] for name in sys.modules}))
 """
 

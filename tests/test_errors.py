@@ -17,8 +17,9 @@ FAMILIES = ("ConfigError", "StoreError", "CheckpointError", "LockError", "Traini
 SPECIFIC = {"StoreWriteError": "StoreError", "FolderLockedError": "LockError", "RunLockedError": "LockError",
             "NonFiniteError": "TrainingError"}
 # What extract/ may import of jaxsae (DESIGN.md, rooms): the store, the dictionary, and leaf modules.
-EXTRACT_MAY_IMPORT = ("jaxsae.store", "jaxsae.dictionary", "jaxsae.errors", "jaxsae.atomic", "jaxsae.differences")
-LEAF_MODULES = ("errors.py", "atomic.py", "differences.py")
+EXTRACT_MAY_IMPORT = ("jaxsae.store", "jaxsae.dictionary", "jaxsae.errors", "jaxsae.atomic", "jaxsae.differences",
+                      "jaxsae.validation", "jaxsae.flags")
+LEAF_MODULES = ("errors.py", "atomic.py", "differences.py", "validation.py")
 
 
 def _imports(path: Path) -> list[str]:

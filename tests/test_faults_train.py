@@ -35,9 +35,11 @@ ENV = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JA
 
 def _args(store, run_dir, *extra):
     # d=32, n=512: the biggest checkpoint data file holds ~200 KB, room for 64 KiB of garbage inside it.
-    return [f"data.store={store}", f"run_dir={run_dir}", "progress=false", "sae.d_model=32", "sae.n_latents=512",
-            "sae.k=4", f"steps={STEPS}", "log_every=3", "checkpoint_every=5", "keep_checkpoints=2",
-            "data.batch_rows=64", "data.window_blocks=2", "mesh.data=2", "mesh.latent=2", *extra]
+    # `jaxsae train` flags, which load_config reads too
+    return ["--" + setting for setting in [
+        f"data.store={store}", f"run_dir={run_dir}", "progress=false", "sae.d_model=32", "sae.n_latents=512",
+        "sae.k=4", f"steps={STEPS}", "log_every=3", "checkpoint_every=5", "keep_checkpoints=2",
+        "data.batch_rows=64", "data.window_blocks=2", "mesh.data=2", "mesh.latent=2", *extra]]
 
 
 def _dictionaries(run_dir) -> list[dict]:
@@ -212,10 +214,10 @@ def test_resume_with_a_result_changing_setting_is_refused_naming_it(store, stopp
     if not other.exists():  # the same width, another store
         synthesize(other, SynthConfig(rows=2048, d_model=32, n_features=64, seed=9), chunk=256)
     config_before = (stopped / "config.json").read_text()
-    args = [a for a in _args(store, stopped) if not (change.startswith("total_rows") and a.startswith("steps="))]
+    args = [a for a in _args(store, stopped) if not (change.startswith("total_rows") and a.startswith("--steps="))]
     capsys.readouterr()
 
-    assert main(["train", *args, change.replace("{other}", str(other))]) == 2
+    assert main(["train", *args, "--" + change.replace("{other}", str(other))]) == 2
     err = capsys.readouterr().err
     assert len(_jaxsae_lines(err)) == 1, err
     assert err.startswith(f"error: run_dir: {stopped} holds an unfinished run with other settings ("), err
@@ -225,7 +227,7 @@ def test_resume_with_a_result_changing_setting_is_refused_naming_it(store, stopp
 
 
 def test_every_differing_field_is_named(store, stopped, capsys):
-    assert main(["train", *_args(store, stopped), "optim.lr=1e-3", "data.seed=5", "seed=2"]) == 2
+    assert main(["train", *_args(store, stopped), "--optim.lr=1e-3", "--data.seed=5", "--seed=2"]) == 2
     err = capsys.readouterr().err
     assert "(data.seed: 0 -> 5; optim.lr: 0.0004 -> 0.001; seed: 0 -> 2)" in err, err
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # ~30 user commands in fresh processes, and `make demo`: ~80 s
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
@@ -38,7 +40,7 @@ PLACEHOLDERS = {
 
 # (pattern, replacement): sizes only. Each pattern must match the README somewhere (see test below).
 SHRINK = [
-    (r"^(jaxsae train \S+\.toml.*?)(\s+#.*)?$", r"\1 steps=30 log_every=10\2"),
+    (r"^(jaxsae train \S+\.toml.*?)(\s+#.*)?$", r"\1 --steps 30 --log_every 10\2"),
     (r'("run_dir=runs/topk-py")\]', r'\1, "steps=30", "log_every=10"]'),
     (r"^(\.venv/bin/python experiments/quickstart\.py --model .*?)(\s+#.*)?$", r"\1 --steps 20 --out runs/qs\2"),
     (r"topk-layer2-n1024-k16-steps1000", "topk-layer2-n1024-k16-steps20"),  # the demo's run, trained 20 steps
@@ -154,7 +156,7 @@ def run_toml(block: str, sandbox: Path, env: dict, where: str) -> None:
     base = (REPO / "experiments/configs/topk.toml").read_text()
     config.write_text(base + "\n" + block)
     env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    run(f"jaxsae train {config} data.store=runs/synth-store run_dir=runs/{config.stem} steps=5 log_every=5",
+    run(f"jaxsae train {config} --data.store runs/synth-store --run_dir runs/{config.stem} --steps 5 --log_every 5",
         sandbox, env, where)
 
 

@@ -88,14 +88,14 @@ def test_store_info_and_verify_say_when_an_extraction_stopped(tmp_path, capsys):
 
 def test_the_trainer_refuses_an_incomplete_store_unless_allowed(tmp_path, capsys):
     store = half_extracted(tmp_path / "half")
-    args = ["train", f"data.store={store}", f"run_dir={tmp_path / 'run'}", f"sae.d_model={D}", "sae.n_latents=32",
-            "sae.k=4", "steps=2", "progress=false", "data.batch_rows=256"]
+    args = ["train", f"--data.store={store}", f"--run_dir={tmp_path / 'run'}", f"--sae.d_model={D}",
+            "--sae.n_latents=32", "--sae.k=4", "--steps=2", "--no_progress", "--data.batch_rows=256"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err == (f"error: data.store: {store} is incomplete (extraction stopped at cell 100 of 250); finish the "
-                   "extraction (rerun the same jaxsae extract command) or set data.allow_incomplete=true\n")
+                   "extraction (rerun the same jaxsae extract command) or pass --data.allow_incomplete\n")
     assert not (tmp_path / "run").exists()
-    assert main([*args, "data.allow_incomplete=true"]) == 0
+    assert main([*args, "--data.allow_incomplete"]) == 0
 
 
 def test_folder_lock_refuses_a_live_holder_takes_over_a_dead_one_and_leaves_nothing(tmp_path, capsys):

@@ -58,7 +58,8 @@ def ensembl_ids(var: pd.DataFrame, gene_column: str | None, symbol_to_id: dict[s
         raise ExtractError(
             f"{label} holds gene symbols (e.g. {names[:3]}), not Ensembl IDs, and the model folder has no "
             "gene-name dictionary (gene_name_id_dict*.pkl) to map them; add an 'ensembl_id' column to var, "
-            "pass gene_column=<column with Ensembl IDs>, or pass gene_name_dictionary=<path>"
+            "pass gene_column=<column with Ensembl IDs>, or pass gene_name_dictionary=<path> (CLI: --gene_column, "
+            "--gene_name_dictionary)"
         )
     return [symbol_to_id.get(n) for n in names]
 
@@ -162,7 +163,7 @@ def as_count_rows(block, first_row: int = 0) -> sp.csr_matrix:
         if data.min() < 0:
             raise ExtractError(
                 f"count matrix has negative values (min {data.min():g}, rows from {first_row}); expected raw "
-                "counts; pass counts_layer=<layer with raw counts>"
+                "counts; pass counts_layer=<layer with raw counts> (CLI: --counts_layer)"
             )
         off = np.abs(data - np.round(data))
         if off.max() > 1e-6:
@@ -170,7 +171,7 @@ def as_count_rows(block, first_row: int = 0) -> sp.csr_matrix:
             raise ExtractError(
                 f"count matrix has non-integer values (e.g. {bad:g}, rows from {first_row}): it looks "
                 "normalised or log-transformed; extraction needs raw integer counts; pass "
-                "counts_layer=<layer with raw counts> (or 'raw' for adata.raw.X)"
+                "counts_layer=<layer with raw counts> (or 'raw' for adata.raw.X; CLI: --counts_layer)"
             )
     matrix.sort_indices()
     return matrix

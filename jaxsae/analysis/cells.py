@@ -120,14 +120,14 @@ def matching_adata(store, adata=None):
     if adata is None:
         if not recorded_path:
             raise AnalysisError(f"store {store.path} records no AnnData file; pass adata=<the AnnData it was "
-                                "extracted from>")
+                                "extracted from> (CLI: --adata PATH)")
         if not os.path.isfile(recorded_path):
             raise AnalysisError(f"{recorded_path}, the AnnData store {store.path} was extracted from, no longer "
-                                "exists; pass adata=<its new path, or the AnnData object>")
+                                "exists; pass adata=<its new path, or the AnnData object> (CLI: --adata PATH)")
         if sha256_file(recorded_path) != record.get("sha256"):
             raise AnalysisError(f"{recorded_path} changed since store {store.path} was extracted from it (its "
                                 "sha256 differs from the recorded one); pass adata=<the AnnData of the extracted "
-                                "cells>")
+                                "cells> (CLI: --adata PATH)")
         return anndata.read_h5ad(recorded_path)
     if isinstance(adata, str | os.PathLike):
         if not os.path.isfile(adata):

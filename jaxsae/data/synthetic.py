@@ -5,45 +5,50 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Literal
 
 import numpy as np
 
 from jaxsae.atomic import atomic_path
 from jaxsae.errors import ConfigError
+from jaxsae.validation import checks_deferred
 
 TRUTH_FILE = "ground_truth.npz"
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
-    """What `synthesize` makes.
-
-    rows:            activation rows to write.
-    d_model:         width.
-    n_features:      true dictionary size (unit-norm directions, in superposition when > d_model).
-    active_per_row:  mean number of active features per row (each feature fires with prob. active/n_features).
-    noise_std:       std of isotropic Gaussian noise added to every coordinate.
-    offset_norm:     norm of a constant vector added to every row (real activations are not centred).
-    seed:            all randomness.
-    """
+    """What `synthesize` makes: rows of a known sparse dictionary in superposition, plus noise."""
 
     rows: int = 200_000
+    """Activation rows to write."""
     d_model: int = 64
+    """Width of each row."""
     n_features: int = 512
+    """True dictionary size (unit-norm directions, in superposition when > d_model)."""
     active_per_row: float = 4.0
+    """Mean number of active features per row (each fires with probability active_per_row / n_features)."""
     noise_std: float = 0.01
+    """Std of isotropic Gaussian noise added to every coordinate."""
     offset_norm: float = 0.5
+    """Norm of a constant vector added to every row (real activations are not centred)."""
     seed: int = 0
-    dtype: str = "float32"
+    """Seed of all randomness."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Stored dtype."""
 
     def __post_init__(self):
+        if checks_deferred():
+            return
         for name in ("rows", "d_model", "n_features"):
             if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
+                flag = "--" + name
                 raise ConfigError(f"synth.{name}: must be >= 1, got {getattr(self, name)} (CLI: {flag})")
         if not 0 < self.active_per_row <= self.n_features:
             raise ConfigError(f"synth.active_per_row: must be in (0, n_features={self.n_features}], got "
-                              f"{self.active_per_row} (CLI: --active-per-row)")
+                              f"{self.active_per_row} (CLI: --active_per_row)")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"synth.dtype: must be 'float32' or 'bfloat16', got {self.dtype!r} (CLI: --dtype)")
 
 
 def _truth(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:

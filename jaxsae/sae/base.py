@@ -20,6 +20,7 @@ from typing import Any, Annotated, Callable, Literal, Mapping, NamedTuple
 import jax
 
 from jaxsae.errors import ConfigError
+from jaxsae.validation import checks_deferred
 
 Params = dict[str, jax.Array]
 Buffers = dict[str, jax.Array]
@@ -229,40 +230,40 @@ def hparams_as_arrays(arch: Architecture, rows: list, xp: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
-    """Static (shape-determining) settings of one pack of SAE members; identical across the members.
-
-    architecture: a built-in (`jaxsae.sae.builtin_names()`) or registered architecture.
-    d_model:      width of the input activations.
-    n_latents:    dictionary size (global, unsharded).
-    k:            top-k family: the largest k of any member (members with smaller k are masked).
-    k_aux:        AuxK: how many dead latents reconstruct the residual; default d_model // 2.
-    dead_after_rows: a latent that has not fired in this many rows is dead (AuxK, dead fraction).
-    matryoshka_prefixes: nested dictionary sizes, ascending, the last one == n_latents; default: 5 doubling
-                  prefixes ending at n_latents.
-    batchtopk_row_cap: BatchTopK selects from each row's top (row_cap * k) candidates; exact unless one row
-                  holds more than that many of the batch's top B*k activations.
-    jumprelu_penalty: "l0" (step-function L0, Rajamanoharan et al. 2024) or "tanh" (Anthropic, Feb 2025).
-    jumprelu_ste_to_input: let the L0 penalty's straight-through gradient reach the pre-activations too.
-    jumprelu_threshold_init: initial value of every JumpReLU threshold (Rajamanoharan et al. 2024: 0.001).
-    decoder_init_norm: norm of the initial decoder rows (relu: Anthropic April 2024 uses 0.1; others 1).
-    sparse_decode: top-k family: decode and the encoder weight gradient touch only the k selected latents.
-    """
+    """Static (shape-determining) settings of one pack of SAE members; identical across the members."""
 
     architecture: str = "topk"
+    """A built-in (`jaxsae.sae.builtin_names()`) or registered architecture."""
     d_model: int = 512
+    """Width of the input activations."""
     n_latents: int = 4096
+    """Dictionary size (global, unsharded)."""
     k: int = 32
+    """Top-k family: the largest k of any member (members with smaller k are masked)."""
     k_aux: int | None = None
+    """AuxK: how many dead latents reconstruct the residual; default d_model // 2."""
     dead_after_rows: int = 10_000_000
+    """A latent that has not fired in this many rows is dead (AuxK, dead fraction)."""
     matryoshka_prefixes: tuple[int, ...] = ()
+    """Nested dictionary sizes, ascending, the last one == n_latents; default: 5 doubling prefixes ending at
+    n_latents."""
     batchtopk_row_cap: int = 4
+    """BatchTopK selects from each row's top (row_cap * k) candidates; exact unless one row holds more than
+    that many of the batch's top B*k activations."""
     jumprelu_penalty: str = "l0"
+    """"l0" (step-function L0, Rajamanoharan et al. 2024) or "tanh" (Anthropic, Feb 2025)."""
     jumprelu_ste_to_input: bool = False
+    """Let the L0 penalty's straight-through gradient reach the pre-activations too."""
     jumprelu_threshold_init: float = 0.001
+    """Initial value of every JumpReLU threshold (Rajamanoharan et al. 2024: 0.001)."""
     decoder_init_norm: float | None = None
+    """Norm of the initial decoder rows (relu: Anthropic April 2024 uses 0.1; others 1)."""
     sparse_decode: bool = True
+    """Top-k family: decode and the encoder weight gradient touch only the k selected latents."""
 
     def __post_init__(self):
+        if checks_deferred():
+            return
         if self.d_model < 1:
             raise ConfigError(f"sae.d_model: must be >= 1, got {self.d_model}")
         if self.n_latents < 1:

@@ -1,5 +1,6 @@
-"""Reading a training configuration: TOML/YAML/JSON files, `key=value` overrides, coercion to the schema's
-field types (`jaxsae.train.config`), with errors that name the setting."""
+"""Reading a training configuration from settings: TOML/YAML/JSON files and nested dicts, coerced to the
+schema's field types (`jaxsae.train.config`) with errors that name the setting. Command-line flags on top of
+them are `jaxsae.train.config_flags` (tyro)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,13 @@ import typing
 from typing import Any
 
 from jaxsae.errors import ConfigError
-from jaxsae.sae.base import SAEConfig
-from jaxsae.train.config import (SCHEMA_VERSION, DataConfig, DistributedConfig, MeshConfig, OptimConfig,
-                                 TrainConfig)
+from jaxsae.train.config import SCHEMA_VERSION, TrainConfig
 
 
 def _did_you_mean(key: str, known, prefix: str) -> str:
     """"did you mean <prefix><closest>? " for a misspelt setting, or "" when nothing is close."""
     close = difflib.get_close_matches(key, sorted(known), n=1)
     return f"did you mean {prefix}{close[0]}? " if close else ""
-
-
-_SECTIONS = {"sae": SAEConfig, "data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig,
-             "distributed": DistributedConfig}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -63,18 +58,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _parse_value(text: str) -> Any:
-    """`key=value` override values: JSON/TOML-ish literals, else the raw string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            return tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            return text
-
-
-def _build(cls, values: dict, where: str):
+def build_dataclass(cls, values: dict, where: str = ""):
+    """`cls(**values)` with each value coerced to its field's type and sections (nested dataclasses) built from
+    their tables; unknown keys are refused with the closest known one. `where` prefixes messages ("data.")."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in values:
@@ -83,10 +69,10 @@ def _build(cls, values: dict, where: str):
                               f"known: {', '.join(sorted(fields))}")
     kwargs = {}
     for key, value in values.items():
-        if key in _SECTIONS and cls is TrainConfig:
+        if dataclasses.is_dataclass(hints[key]):  # a section: sae, data, optim, mesh, distributed
             if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
-            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+                raise ConfigError(f"{where}{key}: expected a table of settings, got {value!r}")
+            kwargs[key] = build_dataclass(hints[key], value, f"{where}{key}.")
         elif key == "members" and cls is TrainConfig:
             if isinstance(value, str):
                 value = json.loads(value)
@@ -121,41 +107,27 @@ def load_config_dict(path: str | os.PathLike | None) -> dict:
     raise ConfigError(f"config file {path!r}: use a .toml, .yaml or .json file")
 
 
-def apply_overrides(settings: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=value` overrides to nested settings (copy)."""
-    out = json.loads(json.dumps(settings))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. sae.k=32")
-        key, text = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = _parse_value(text.strip())
-    return out
-
-
-def make_config(settings: dict) -> TrainConfig:
-    """A validated TrainConfig from nested settings (as read from a file, after overrides).
-
-    A run folder's config.json also carries `schema_version` and `store_identity` (see
-    `jaxsae.train.run_folder`); they are checked or set aside here, so that file reads back as a config.
-    """
+def split_metadata(settings: dict) -> dict:
+    """The settings without the metadata a run folder's config.json also carries (`schema_version`, checked
+    here, and `store_identity`; see `jaxsae.train.run_folder`), so that file reads back as a config."""
     settings = dict(settings)
     version = settings.pop("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ConfigError(f"schema_version: this config was written by a newer jaxsae (schema {version!r}; this "
                           f"jaxsae reads up to {SCHEMA_VERSION}); upgrade jaxsae")
     settings.pop("store_identity", None)
-    settings.setdefault("data", {})
-    if not isinstance(settings["data"], dict):
-        raise ConfigError("data: expected a table of settings")
-    return _build(TrainConfig, settings, "")
+    return settings
+
+
+def make_config(settings: dict) -> TrainConfig:
+    """A validated TrainConfig from nested settings (as read from a file, or a run folder's config.json)."""
+    return build_dataclass(TrainConfig, split_metadata(settings))
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """The CLI's path: file settings, then `key=value` overrides, then validation."""
-    return make_config(apply_overrides(load_config_dict(path), overrides or []))
+    """A validated TrainConfig: the file's settings (TOML/YAML/JSON; none without a file), then `overrides`,
+    the command line's flags with or without their leading `--` (e.g. "sae.k=32", "--data.store=PATH",
+    'members=[{"k": 16}, {"k": 32}]'), read by the same parser as `jaxsae train`."""
+    from jaxsae.train.config_flags import parse_overrides
+
+    return parse_overrides(load_config_dict(path), list(overrides or []))

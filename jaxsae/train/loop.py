@@ -58,12 +58,12 @@ def validate(cfg: TrainConfig):
         done, total = store.manifest.extraction_progress
         raise ConfigError(
             f"data.store: {cfg.data.store} is incomplete (extraction stopped at cell {done:,} of {total:,}); finish "
-            "the extraction (rerun the same jaxsae extract command) or set data.allow_incomplete=true"
+            "the extraction (rerun the same jaxsae extract command) or pass --data.allow_incomplete"
         )
     if store.d_model != cfg.sae.d_model:
         raise ConfigError(
             f"sae.d_model={cfg.sae.d_model} does not match the store {cfg.data.store} (d={store.d_model}); "
-            f"set sae.d_model={store.d_model}"
+            f"pass --sae.d_model {store.d_model}"
         )
     if store.n_rows < cfg.data.batch_rows:
         raise ConfigError(
@@ -73,7 +73,7 @@ def validate(cfg: TrainConfig):
         try:
             import tensorboardX  # noqa: F401
         except ImportError:
-            raise ConfigError("tensorboard=true needs tensorboardX: pip install 'jaxsae[tensorboard]'") from None
+            raise ConfigError("--tensorboard needs tensorboardX: pip install 'jaxsae[tensorboard]'") from None
     mesh = mesh_lib.make_mesh(cfg.mesh)
     mesh_lib.check_divisibility(mesh, cfg.sae, cfg.n_members, cfg.data.batch_rows)
     return store, mesh
