@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxsae-installed
 
-.PHONY: demo test test-slow bench system-deps
+.PHONY: demo test test-e2e test-slow bench system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(ARGS)
+
+test-e2e: $(STAMP) system-deps
+	$(PY) -m pytest -q -m 'e2e and not slow' $(ARGS)
 
 test-slow: $(STAMP)
 	@tools/system-deps.sh --slow

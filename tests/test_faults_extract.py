@@ -90,6 +90,7 @@ def cells_done(manifest: Path) -> int:
         return -1
 
 
+@pytest.mark.e2e  # extraction processes killed at 3 points and rerun: ~30 s
 def test_sigkill_at_random_points_then_rerun_is_bitwise_identical(case, reference, tmp_path):
     adata, model = case
     rng = np.random.default_rng(7)  # random kill points: after store S committed window W, plus 0-40 ms
@@ -155,6 +156,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e  # two extraction processes: ~12 s
 def test_two_extraction_processes_on_one_folder_one_runs_the_other_is_refused(case, tmp_path):
     adata, model = case
     out, go = tmp_path / "out", tmp_path / "go"

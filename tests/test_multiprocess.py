@@ -29,6 +29,8 @@ result = train(load_config(None, sys.argv[1:]))
 print("worker done", result.dictionaries)
 """
 
+pytestmark = pytest.mark.e2e  # two trainer processes and a one-process reference: ~20 s
+
 
 def _free_port() -> int:
     with socket.socket() as s:
