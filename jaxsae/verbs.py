@@ -156,3 +156,42 @@ def run_report(argv: Sequence[str], prog: str) -> int:
                         n_cards=args.cards, model=args.model, gene_sets=args.gene_sets.names(), member=args.member)
     print(f"report: {path}")
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """Print how a sweep spec's members are packed into vmapped runs, with each pack's memory estimate."""
+
+    spec: Annotated[str, Positional, tyro.conf.arg(metavar="SPEC")]
+    """A sweep spec file (.toml/.yaml/.json): a base config plus grid and random axes."""
+
+
+def run_sweep_plan(argv: Sequence[str], prog: str) -> int:
+    from jaxsae.sweep import load_spec, plan_sweep
+
+    print("\n".join(plan_sweep(load_spec(parse(SweepPlan, argv, prog).spec)).lines()))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """Train every pack of a sweep here, one after another; a rerun skips complete packs and resumes the
+    interrupted one. Writes OUT/sweep.json, OUT/packs/<pack>/ (run folders) and OUT/summary.csv."""
+
+    spec: Annotated[str, Positional, tyro.conf.arg(metavar="SPEC")]
+    """A sweep spec file (.toml/.yaml/.json): a base config plus grid and random axes."""
+    out: str | None = None
+    """The sweep folder (default: runs/sweeps/<the spec's name>)."""
+    progress: bool = True
+    """Show each pack's progress bar."""
+
+
+def run_sweep_run(argv: Sequence[str], prog: str) -> int:
+    from jaxsae.sweep import run_sweep
+
+    args = parse(SweepRun, argv, prog)
+    result = run_sweep(args.spec, args.out, progress=args.progress)
+    print(f"sweep folder: {result.out}")
+    print(f"packs trained: {len(result.trained)}, already complete: {len(result.kept)}")
+    print(f"summary:      {result.summary}")
+    return 0

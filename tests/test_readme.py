@@ -44,6 +44,7 @@ SHRINK = [
     (r'("run_dir=runs/topk-py")\]', r'\1, "steps=30", "log_every=10"]'),
     (r"^(\.venv/bin/python experiments/quickstart\.py --model .*?)(\s+#.*)?$", r"\1 --steps 20 --out runs/qs\2"),
     (r"topk-layer2-n1024-k16-steps1000", "topk-layer2-n1024-k16-steps20"),  # the demo's run, trained 20 steps
+    (r"experiments/configs/sweep_topk\.toml", "fixtures/sweep_topk.toml"),  # the same spec, 20 steps
     (r"^(\.venv/bin/python experiments/bench_train\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --d 32 --n 512 --k 8 --batch 256 --repeats 1\3"),
     (r"^(\.venv/bin/python experiments/bench_scale\.py)(.*?)(\s+#.*)?$",
@@ -106,6 +107,9 @@ def sandbox(tmp_path_factory):
     write_scgpt_folder(fixtures / "scgpt", symbols, n_layers=2, d_model=16, n_heads=2, d_hid=32)
     cells = write_counts_h5ad(fixtures / "cells.h5ad", 40, symbols, mean=1.0,
                               var=pd.DataFrame({"ensembl_id": ids}, index=symbols))
+    spec = (REPO / "experiments/configs/sweep_topk.toml").read_text()
+    assert "steps = 2000" in spec
+    (fixtures / "sweep_topk.toml").write_text(spec.replace("steps = 2000", "steps = 20"))
     # a user's AnnData usually carries its UMAP; the report computes one when it is missing (the demo's cells,
     # test_report_build.py) and that costs a numba compile per process, so this file brings its own
     adata = anndata.read_h5ad(cells)

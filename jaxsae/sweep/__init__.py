@@ -1,0 +1,10 @@
+"""Sweeps: a spec file (base config + axes) -> members -> vmapped packs -> run folders -> summary.csv."""
+
+from jaxsae.lazy import lazy_exports
+
+_EXPORTS = {
+    "SweepSpec": "jaxsae.sweep.spec", "load_spec": "jaxsae.sweep.spec",
+    "Plan": "jaxsae.sweep.plan", "plan_sweep": "jaxsae.sweep.plan",
+    "run_sweep": "jaxsae.sweep.run", "SweepResult": "jaxsae.sweep.run",
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
