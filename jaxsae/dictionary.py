@@ -207,9 +207,23 @@ def _decode_fn(sae: SAEConfig):
     return jax.jit(lambda p, f: arch.decode(p, f, Axes()))
 
 
-def load(path: str | os.PathLike) -> Dictionary:
-    """Load a dictionary folder written by the trainer (`<run>/dictionaries/member_000`)."""
+def load(path: str | os.PathLike, member: int | str | None = None, **settings) -> Dictionary:
+    """Load a dictionary folder written by the trainer (`<run>/dictionaries/member_000`); or one member of a run
+    folder (`load(run_dir, member=2)`) or of a sweep folder, by name (`load(sweep_dir, member="k16_lr0.001")`)
+    or by its settings (`load(sweep_dir, k=16, lr=1e-3)`, see `jaxsae.sweep.members`)."""
     path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "sweep.json")):
+        from jaxsae.sweep.members import member_dictionary
+
+        return load(member_dictionary(path, member, **settings))
+    if settings:
+        raise DictionaryError(f"{path}: settings {sorted(settings)} select a member of a sweep folder; this is not "
+                              f"one (no sweep.json)")
+    if member is not None:
+        if not isinstance(member, int) or not os.path.isdir(os.path.join(path, "dictionaries")):
+            raise DictionaryError(f"{path}: member={member!r} selects a member of a run folder (an int) or of a "
+                                  f"sweep folder (a name); this is neither")
+        return load(os.path.join(path, "dictionaries", f"member_{member:03d}"))
     cfg_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
     run_dir = _enclosing_run(path)
     if run_dir is not None and not os.path.isfile(os.path.join(run_dir, RUN_COMPLETE_FILE)):

@@ -195,3 +195,24 @@ def run_sweep_run(argv: Sequence[str], prog: str) -> int:
     print(f"packs trained: {len(result.trained)}, already complete: {len(result.kept)}")
     print(f"summary:      {result.summary}")
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepReportArgs:
+    """Each architecture's L0-FVU Pareto frontier of a finished sweep: a plot (pareto.png) and a table
+    (members.csv, with each member's dead and dense fractions)."""
+
+    sweep: Annotated[str, Positional, tyro.conf.arg(metavar="SWEEP_DIR")]
+    """A sweep folder written by `jaxsae sweep run` (it holds sweep.json and summary.csv)."""
+    out: str | None = None
+    """Where to write pareto.png and members.csv (default: SWEEP_DIR/report)."""
+
+
+def run_sweep_report(argv: Sequence[str], prog: str) -> int:
+    from jaxsae.sweep.report import sweep_report
+
+    args = parse(SweepReportArgs, argv, prog)
+    report = sweep_report(args.sweep, args.out)
+    print("\n".join(report.lines))
+    print(f"plot:  {report.plot}\ntable: {report.table}")
+    return 0

@@ -1,17 +1,22 @@
 """Sweeps: a spec expands into named members, members pack into vmapped runs, packs run as ordinary run folders
 (finished ones skipped on a rerun), and each member equals training it alone."""
 
+import contextlib
 import csv
+import io
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+import jaxsae
 from jaxsae.cli import main
 from jaxsae.data.synthetic import SynthConfig, synthesize
-from jaxsae.errors import ConfigError
+from jaxsae.errors import ConfigError, DictionaryError
 from jaxsae.sweep import load_spec, plan_sweep, run_sweep
+from jaxsae.sweep.report import pareto_front
 from jaxsae.train import load_config, train
 
 D, N = 16, 64
@@ -89,16 +94,25 @@ def test_bad_specs_are_refused_before_anything_runs(store, tmp_path, grid, extra
     assert not (tmp_path / "out").exists()
 
 
-def test_a_sweep_runs_its_packs_skips_them_on_a_rerun_and_each_member_equals_training_it_alone(store, tmp_path,
-                                                                                               capsys):
-    spec = write_spec(tmp_path, store, '"hparams.k" = [2, 4]\n"optim.lr" = [1e-3, 3e-3]', "max_pack = 2")
-    out = tmp_path / "out"
-    assert main(["sweep", "run", spec, "--out", str(out), "--no_progress"]) == 0
-    assert "packs trained: 2, already complete: 0" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def swept(store, tmp_path_factory):
+    """A finished 4-member sweep (k x lr) in 2 packs, run through the CLI: (spec, out folder, captured stdout)."""
+    folder = tmp_path_factory.mktemp("swept")
+    spec = write_spec(folder, store, '"hparams.k" = [2, 4]\n"optim.lr" = [1e-3, 3e-3]', "max_pack = 2")
+    out = folder / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["sweep", "run", spec, "--out", str(out), "--no_progress"]) == 0
+    return spec, out, stdout.getvalue()
+
+
+def test_a_sweep_runs_its_packs_and_each_member_equals_training_it_alone(store, swept, tmp_path):
+    spec, out, printed = swept
+    assert "packs trained: 2, already complete: 0" in printed
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["member"] for r in rows] == ["k2_lr0.001", "k2_lr0.003", "k4_lr0.001", "k4_lr0.003"]
-    assert all(0 < float(r["fvu"]) < 1 and r["step"] == "12" for r in rows)
+    assert all(0 < float(r["fvu"]) < 1 and r["step"] == "12" and r["architecture"] == "topk" for r in rows)
     assert [float(r["l0"]) for r in rows] == [2.0, 2.0, 4.0, 4.0]
 
     # the third member (pack001, member 0: k 4, lr 1e-3) trained alone gives the same dictionary
@@ -110,14 +124,46 @@ def test_a_sweep_runs_its_packs_skips_them_on_a_rerun_and_each_member_equals_tra
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
+
+def test_a_rerun_skips_finished_packs_and_another_plan_is_refused(store, swept, tmp_path):
+    spec, out, _ = swept
     stamp = os.path.getmtime(out / "packs" / "pack000" / "run.json")
     result = run_sweep(spec, out, progress=False)
     assert (result.trained, result.kept) == ([], ["pack000", "pack001"])
     assert os.path.getmtime(out / "packs" / "pack000" / "run.json") == stamp
-
     other = write_spec(tmp_path, store, '"hparams.k" = [3]')
     with pytest.raises(ConfigError, match="holds another sweep's plan"):
         run_sweep(other, out, progress=False)
+
+
+def test_members_load_by_name_or_by_settings(swept):
+    _, out, _ = swept
+    by_name, by_settings = jaxsae.load(out, member="k4_lr0.001"), jaxsae.load(out, k=4, lr=1e-3)
+    assert by_name.path == by_settings.path == str(out / "packs" / "pack001" / "dictionaries" / "member_000")
+    assert jaxsae.load(out / "packs" / "pack001", member=0).path == by_name.path
+    with pytest.raises(DictionaryError, match=r"2 members match k=4 \(candidates: k4_lr0.001, k4_lr0.003\)"):
+        jaxsae.load(out, k=4)
+    with pytest.raises(DictionaryError, match=r"0 members match k=5"):
+        jaxsae.load(out, k=5)
+
+
+def test_the_report_marks_each_architectures_pareto_frontier(swept, capsys):
+    _, out, _ = swept
+    assert main(["sweep", "report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "report" / "members.csv")
+    expected = pareto_front(table["l0"].to_numpy(), table["fvu"].to_numpy())
+    assert table["on_frontier"].tolist() == expected.tolist() and expected.any()
+    for name, on in zip(table["member"], table["on_frontier"]):
+        line = next(line for line in printed.splitlines() if line.startswith(name + " "))
+        assert line.endswith("*") == on, line
+    assert (out / "report" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front():
+    l0 = np.array([1.0, 2.0, 2.0, 3.0, 4.0, np.nan])
+    fvu = np.array([0.5, 0.4, 0.45, 0.4, 0.1, 0.0])
+    assert pareto_front(l0, fvu).tolist() == [True, True, False, False, True, False]
 
 
 def test_sweep_plan_prints_the_packs(store, tmp_path, capsys):
@@ -126,3 +172,34 @@ def test_sweep_plan_prints_the_packs(store, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("sweep t: 2 members in 1 pack(s); memory budget ")
     assert "pack000  topk d=16 n=64 batch=256  2 members" in printed and "k2  k4" in printed
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_the_memory_estimate_bounds_what_xla_allocates_for_a_pack(store, architecture):
+    """XLA's own account of the compiled step (arguments + outputs + temporaries, less what the donated state
+    aliases) on one device, for a 4-member pack, against the planner's estimate of 4 members."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jaxsae.sae.base import build
+    from jaxsae.sweep.plan import member_bytes
+    from jaxsae.train import mesh as mesh_lib
+    from jaxsae.train import optim
+    from jaxsae.train.state import init_state, member_seeds, member_settings
+    from jaxsae.train.step import make_train_step
+
+    cfg = load_config(None, [f"data.store={store}", "steps=10", f"sae.d_model={D}", "sae.n_latents=512",
+                             f"sae.architecture={architecture}", "sae.k=8", "data.batch_rows=512", "mesh.data=1",
+                             "members=[{}, {}, {}, {}]"])
+    arch = build(cfg.sae)
+    tx = optim.for_config(cfg, arch)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    state = init_state(arch, tx, mesh, member_seeds(cfg), np.zeros(D, np.float32), 1.0)
+    step = make_train_step(arch, tx, mesh, dead_after_rows=cfg.sae.dead_after_rows)
+    x = jax.device_put(np.zeros((cfg.data.batch_rows, D), np.float32), NamedSharding(mesh, P("data", None)))
+    settings = jax.device_put(member_settings(cfg, arch), NamedSharding(mesh, P("ens")))
+    stats = step.lower(state, x, settings).compile().memory_analysis()
+    xla = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+           - stats.alias_size_in_bytes)
+    estimate = 4 * member_bytes(cfg)
+    assert xla <= estimate <= 4 * xla, (xla, estimate)

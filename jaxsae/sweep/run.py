@@ -19,12 +19,12 @@ import os
 
 from jaxsae.atomic import write_atomic
 from jaxsae.errors import ConfigError
+from jaxsae.sweep.members import SWEEP_FILE
 from jaxsae.sweep.plan import Plan, plan_sweep
 from jaxsae.sweep.spec import load_spec
 from jaxsae.train import run_folder
 from jaxsae.train.metrics import read_metrics
 
-SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"
 METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction")
 
@@ -71,7 +71,8 @@ def pack_dir(out: str, pack: str) -> str:
 
 
 def write_summary(out: str, plan: Plan) -> str:
-    """summary.csv: one row per member (pack, member, its axis settings, its last logged metrics, dictionary)."""
+    """summary.csv: one row per member (name, pack, architecture, width, its axis settings, its last logged
+    metrics, its dictionary folder)."""
     axes = list(dict.fromkeys(k for p in plan.packs for m in p.members for k in m.settings))
     rows = []
     for pack in plan.packs:
@@ -81,11 +82,14 @@ def write_summary(out: str, plan: Plan) -> str:
             last[record["member"]] = record
         for i, member in enumerate(pack.members):
             record = last.get(i, {})
-            rows.append({"member": member.name, "pack": pack.name, **member.settings,
+            sae = pack.settings.get("sae", {})
+            rows.append({"member": member.name, "pack": pack.name, "architecture": sae.get("architecture", "topk"),
+                         "n_latents": sae.get("n_latents"), **member.settings,
                          "step": record.get("step"), **{k: record.get(k) for k in METRICS},
                          "dictionary": run_folder.dictionary_dir(run_dir, i)})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ["member", "pack", *axes, "step", *METRICS, "dictionary"])
+    fixed = ["member", "pack", "architecture", "n_latents"]
+    writer = csv.DictWriter(buffer, [*fixed, *(a for a in axes if a not in fixed), "step", *METRICS, "dictionary"])
     writer.writeheader()
     writer.writerows(rows)
     path = os.path.join(out, SUMMARY_FILE)
