@@ -3,6 +3,7 @@
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 
@@ -172,6 +173,25 @@ def test_sweep_plan_prints_the_packs(store, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("sweep t: 2 members in 1 pack(s); memory budget ")
     assert "pack000  topk d=16 n=64 batch=256  2 members" in printed and "k2  k4" in printed
+    assert "members over 2 device(s)" in printed  # the 8 simulated devices: 2 on ens, 4 on data
+
+
+def test_members_spread_over_devices_train_as_on_one(store, tmp_path):
+    """8 members planned onto the 8 devices' ens axis, and on a (2, 4, 1) mesh, equal one device's result."""
+    from jaxsae.train.config import MeshConfig
+
+    plan = plan_sweep(load_spec(write_spec(tmp_path, store, '"hparams.k" = [2, 3, 4, 5]\n"optim.lr" = [1e-3, 3e-3]')))
+    (pack,) = plan.packs
+    assert pack.settings["mesh"] == {"ens": 8}
+    results = {}
+    for mesh in (MeshConfig(data=1), MeshConfig(ens=8), MeshConfig(data=2, ens=4)):
+        cfg = dataclasses.replace(pack.config(str(tmp_path / f"run-{mesh.data}-{mesh.ens}")), mesh=mesh)
+        results[mesh] = [load_file(os.path.join(path, "dictionary.safetensors")) for path in train(cfg).dictionaries]
+    one, *spread = results.values()
+    for other in spread:
+        for a, b in zip(one, other):
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+                np.testing.assert_allclose(a[name], b[name], rtol=2e-5, atol=2e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("architecture", ["topk", "relu"])

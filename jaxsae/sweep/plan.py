@@ -3,7 +3,8 @@ together as one vmapped run (a "pack"); pack sizes come from an estimate of one 
 
 What can differ inside a pack is what the trainer vmaps over (`TrainConfig.members`): `optim.lr`, `seed`
 and `hparams.*`. Any other axis (architecture, width, store, data order, steps, ...) makes separate packs.
-A top-k pack's `sae.k` is its largest member k (members with smaller k are masked, as `members` does).
+A top-k pack's `sae.k` is its largest member k (members with smaller k are masked, as `members` does), and
+its members are spread over the mesh's `ens` axis when there are several devices (`_spread`).
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ class Plan:
                f"{_size(self.budget_bytes)} per device ({self.devices})"]
         for pack in self.packs:
             sae, data = pack.settings.get("sae", {}), pack.settings.get("data", {})
+            ens = pack.settings.get("mesh", {}).get("ens", 1)
             out.append(f"{pack.name}  {sae.get('architecture', 'topk')} d={sae.get('d_model')} "
                        f"n={sae.get('n_latents')} batch={data.get('batch_rows', 4096)}  {len(pack.members)} "
                        f"members  ~{_size(pack.bytes_per_member)} each, ~{_size(pack.bytes_per_member * len(pack.members))} "
-                       f"together  store {data.get('store')}")
+                       f"together  members over {ens} device(s)  store {data.get('store')}")
             out.append("    " + "  ".join(m.name for m in pack.members))
         return out
 
@@ -100,7 +102,7 @@ def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
         size = min(spec.max_pack, fits)
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
-            pack = _pack_settings(settings, chunk, where=f"pack {len(packs)}")
+            pack = _pack_settings(_spread(settings, len(chunk)), chunk, where=f"pack {len(packs)}")
             packs.append(dataclasses.replace(pack, name=f"pack{len(packs):03d}", bytes_per_member=per_member))
     if not packs:
         raise ConfigError("sweep: the spec has no members (an empty grid?)")
@@ -128,6 +130,17 @@ def device_budget() -> tuple[int, str]:
         return int(MEMORY_FRACTION * stats["bytes_limit"]), what
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(MEMORY_FRACTION * host / len(devices)), what
+
+
+def _spread(settings: dict, n_members: int) -> dict:
+    """Members over the mesh's `ens` axis (independent members need no collectives between them): the
+    largest divisor of the device count that divides the pack, the rest on `data`. A spec that sets any
+    `mesh` setting keeps its own mesh."""
+    if "mesh" in settings:
+        return settings
+    n_devices = jax.device_count()
+    ens = max(d for d in range(1, n_devices + 1) if n_devices % d == 0 and n_members % d == 0)
+    return set_dotted(settings, "mesh.ens", ens)
 
 
 def _member_level(key: str) -> bool:
