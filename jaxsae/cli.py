@@ -24,6 +24,8 @@ _BUILTIN = {
     "synth": ("jaxsae.verbs:run_synth", "write a synthetic store made from a known sparse dictionary"),
     "analyze": ("jaxsae.verbs:run_analyze", "cells x features AnnData, feature / gene tables, cell-type association"),
     "report": ("jaxsae.verbs:run_report", "one self-contained HTML report of a trained dictionary"),
+    "export": ("jaxsae.verbs:run_export", "write a dictionary in SAELens's or sparsify's layout"),
+    "import": ("jaxsae.verbs:run_import", "save a SAELens or sparsify dictionary as a jaxsae dictionary"),
     "store.info": ("jaxsae.verbs:run_store_info", "validate and describe a store"),
     "store.verify": ("jaxsae.verbs:run_store_verify", "read every committed row: NaN/Inf, norms, metadata, "
                                                       "completeness (exit 0 sound, 1 problems, 2 not a store)"),

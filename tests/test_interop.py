@@ -193,3 +193,19 @@ def test_bad_input_is_refused_with_one_clear_error(tmp_path):
     with pytest.raises(DictionaryError, match="normalize_activations = 'layer_norm'"):
         import_dictionary(folder, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_export_and_import_verbs(tmp_path, capsys):
+    from jaxsae.cli import main
+
+    d = random_dictionary("topk", tmp_path)
+    assert main(["export", d.path, "--format", "sparsify", str(tmp_path / "sp")]) == 0
+    assert main(["import", str(tmp_path / "sp"), str(tmp_path / "back")]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"sparsify: {tmp_path / 'sp' / 'layers.2'}",
+                                                    f"dictionary: {tmp_path / 'back'}"]
+    np.testing.assert_allclose(load(tmp_path / "back").encode(rows(), sparse=False), d.encode(rows(), sparse=False),
+                               atol=ATOL)
+    gated = random_dictionary("gated", tmp_path)
+    assert main(["export", gated.path, "--format", "sparsify", str(tmp_path / "sp2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "sparsify holds TopK dictionaries only" in err and "\n" not in err
