@@ -72,7 +72,9 @@ def import_dictionary(path: str | os.PathLike, out: str | os.PathLike, overwrite
     sae, params, buffers, hparams = _as_jaxsae(imported)
     _check_out(out, overwrite)
     prov = imported.provenance
-    foreign = {k: v for k, v in imported.foreign_config.items() if k not in ("jaxsae", "metadata")}
+    foreign = {k: v for k, v in imported.foreign_config.items() if k != "jaxsae"}
+    if isinstance(foreign.get("metadata"), dict):  # SAELens: its metadata, less the jaxsae sections restored above
+        foreign["metadata"] = {k: v for k, v in foreign["metadata"].items() if k != "jaxsae"}
     return save_dictionary(out, sae=sae, params=params, buffers=buffers, hparams=hparams, scale=1.0,
                            source=prov.get("source"), metrics=prov.get("metrics"),
                            extra={"imported_from": {"format": fmt, "path": os.path.abspath(folder),
