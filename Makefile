@@ -10,7 +10,7 @@ STAMP := $(VENV)/.jaxsae-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[extract,analysis,dev]"
+	$(PY) -m pip install -q -e ".[extract,analysis,dev,interop]"
 	touch $(STAMP)
 
 demo: $(STAMP)

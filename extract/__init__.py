@@ -11,6 +11,7 @@ Public API:
                                      verbs (`jaxsae.commands` entry points: (argv, prog) -> exit status)
     extract.genes.add_genes(store, model_dir)          genes.tsv for a store extracted before gene tables
     extract.models.load_vocabulary(dir)                a model's gene table + checkpoint hash, weights unloaded
+    extract.torch_dictionary.to_torch(dictionary)      a jaxsae dictionary as a torch module (encode, decode, forward)
     extract.errors.ExtractError      every refusal of bad input (= jaxsae.errors.ExtractError)
 Modules import torch lazily through their own imports; `import extract` alone does not.
 """

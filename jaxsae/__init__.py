@@ -5,6 +5,7 @@ Public API (imported lazily, so `import jaxsae.store` stays light):
     jaxsae.load(path) -> Dictionary                              a trained dictionary (encode/decode)
     jaxsae.open_store(path)                                      an activation store
     jaxsae.load_genes(store) -> DataFrame                        token id -> gene_id, symbol of a store
+    jaxsae.interop.export_dictionary / import_dictionary         to and from SAELens and sparsify
     jaxsae.synthesize(path, SynthConfig(...))                    synthetic ground-truth activations
     jaxsae.JaxsaeError and its families (ConfigError, StoreError, CheckpointError, LockError, TrainingError,
     DictionaryError, AnalysisError, ExtractError)                every error raised on purpose (jaxsae.errors)

@@ -27,6 +27,8 @@ _BUILTIN = {
     "sweep.plan": ("jaxsae.verbs:run_sweep_plan", "print how a sweep spec's members are packed, with memory estimates"),
     "sweep.run": ("jaxsae.verbs:run_sweep_run", "train every pack of a sweep here; a rerun resumes it"),
     "sweep.report": ("jaxsae.verbs:run_sweep_report", "each architecture's L0-FVU Pareto frontier: plot + table"),
+    "export": ("jaxsae.verbs:run_export", "write a dictionary in SAELens's or sparsify's layout"),
+    "import": ("jaxsae.verbs:run_import", "save a SAELens or sparsify dictionary as a jaxsae dictionary"),
     "store.info": ("jaxsae.verbs:run_store_info", "validate and describe a store"),
     "store.verify": ("jaxsae.verbs:run_store_verify", "read every committed row: NaN/Inf, norms, metadata, "
                                                       "completeness (exit 0 sound, 1 problems, 2 not a store)"),

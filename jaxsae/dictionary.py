@@ -21,6 +21,7 @@ from jaxsae.atomic import atomic_folder
 from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
 from jaxsae.errors import DictionaryError
 from jaxsae.sae.base import Axes, SAEConfig, build, check_hparams, hparam_fields, hparams_as_arrays
+from jaxsae.sae.common import member_k
 from jaxsae.sae.fold import fold_input_scale
 
 FORMAT = "jaxsae.dictionary"
@@ -67,6 +68,26 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(type(o))
+
+
+@dataclasses.dataclass(frozen=True)
+class PortableForm:
+    """A dictionary's inference rule in the terms SAELens, sparsify and PyTorch share, on raw activations:
+
+        pre   = (x - b_dec) W_enc + b_enc                                   x: [B, d], pre: [B, n]
+        f     = ReLU(pre)                                        activation "relu"
+              = ReLU of each row's k largest pre, 0 elsewhere    activation "topk"
+              = ReLU(pre) * [pre > threshold]                    activation "jumprelu" (threshold [n])
+              = [(x - b_dec) W_enc + b_gate > 0] * ReLU((x - b_dec) W_enc exp(r_mag) + b_mag)   "gated"
+        x_hat = f W_dec + b_dec
+
+    tensors: float32 W_enc [d, n], W_dec [n, d], b_dec [d], and b_enc [n] (relu, topk, jumprelu),
+    threshold [n] (jumprelu), b_gate, r_mag, b_mag [n] (gated). k: active latents per row (topk only).
+    """
+
+    activation: str
+    tensors: dict[str, np.ndarray]
+    k: int | None = None
 
 
 @dataclasses.dataclass
@@ -161,6 +182,32 @@ class Dictionary:
         params, buffers, hp = self._on_device()
         return _encode_fn(self.sae)(params, buffers, jnp.asarray(x), hp)
 
+    def portable(self) -> PortableForm:
+        """This dictionary's inference as one of the rules other tools share (SAELens, sparsify, PyTorch).
+
+        BatchTopK and Matryoshka encode with a scalar threshold at inference, which is a JumpReLU whose
+        threshold is the same for every latent; TopK keeps its member's k. Exact: the same latents, bit for bit
+        up to float rounding of the same matmuls.
+        """
+        p = self.params
+        arch = self.sae.architecture
+        if arch == "gated":
+            return PortableForm("gated", {k: p[k] for k in ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")})
+        linear = {k: p[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        if arch == "relu":
+            return PortableForm("relu", linear)
+        if arch == "topk":
+            return PortableForm("topk", linear, k=int(member_k(self._hp().k, self.sae.k)))
+        if arch == "jumprelu":
+            return PortableForm("jumprelu", {**linear, "threshold": p["threshold"]})
+        if arch in ("batchtopk", "matryoshka"):
+            threshold = np.full(self.n_latents, np.reshape(self.buffers["threshold"], ()), np.float32)
+            return PortableForm("jumprelu", {**linear, "threshold": threshold})
+        raise DictionaryError(
+            f"architecture: {arch!r} (a registered architecture) has no portable form; only relu, topk, "
+            f"batchtopk, jumprelu, gated and matryoshka dictionaries can leave jaxsae"
+        )
+
     def decode(self, latents) -> np.ndarray:
         """latents: [B, n] (dense, or a scipy.sparse matrix from `encode`) -> [B, d] reconstruction in raw
         activation units."""
@@ -207,6 +254,13 @@ def _decode_fn(sae: SAEConfig):
     return jax.jit(lambda p, f: arch.decode(p, f, Axes()))
 
 
+def sae_config_from_json(sae: dict) -> SAEConfig:
+    """The SAEConfig that config.json's "sae" section (`dataclasses.asdict` through JSON) describes; keys this
+    version does not know are ignored."""
+    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
+    return SAEConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sae.items() if k in sae_fields})
+
+
 def load(path: str | os.PathLike, member: int | str | None = None, **settings) -> Dictionary:
     """Load a dictionary folder written by the trainer (`<run>/dictionaries/member_000`); or one member of a run
     folder (`load(run_dir, member=2)`) or of a sweep folder, by name (`load(sweep_dir, member="k16_lr0.001")`)
@@ -247,9 +301,7 @@ def load(path: str | os.PathLike, member: int | str | None = None, **settings) -
             f"{cfg_path}: format_version {config['format_version']} is newer than this jaxsae reads "
             f"({FORMAT_VERSION}); upgrade jaxsae"
         )
-    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
-    sae_dict = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["sae"].items() if k in sae_fields}
-    sae = SAEConfig(**sae_dict)
+    sae = sae_config_from_json(config["sae"])
     tensors = load_file(weights_path)
     params = {k: v for k, v in tensors.items() if not k.startswith(BUFFER_PREFIX)}
     # Buffers keep the shapes the architecture gives them (safetensors stores scalars as [1]).

@@ -216,3 +216,46 @@ def run_sweep_report(argv: Sequence[str], prog: str) -> int:
     print("\n".join(report.lines))
     print(f"plot:  {report.plot}\ntable: {report.table}")
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """Write a dictionary in SAELens's layout (cfg.json + sae_weights.safetensors) or sparsify's (one folder per
+    hookpoint: cfg.json + sae.safetensors; TopK only)."""
+
+    dictionary: Annotated[str, Positional, tyro.conf.arg(metavar="DICTIONARY")]
+    """A dictionary folder (RUN/dictionaries/member_000)."""
+    out: Annotated[str, Positional, tyro.conf.arg(metavar="OUT")]
+    """The folder to write."""
+    format: Literal["saelens", "sparsify"]
+    """The other tool's layout."""
+    overwrite: bool = False
+    """Replace a folder already at OUT."""
+
+
+def run_export(argv: Sequence[str], prog: str) -> int:
+    from jaxsae.interop import export_dictionary
+
+    args = parse(Export, argv, prog)
+    print(f"{args.format}: {export_dictionary(args.dictionary, args.out, args.format, overwrite=args.overwrite)}")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Import:
+    """Save a SAELens or sparsify dictionary (format read from its files) as a jaxsae dictionary folder."""
+
+    path: Annotated[str, Positional, tyro.conf.arg(metavar="PATH")]
+    """A SAELens folder, a sparsify hookpoint folder, or a sparsify run folder with one hookpoint."""
+    out: Annotated[str, Positional, tyro.conf.arg(metavar="OUT")]
+    """The jaxsae dictionary folder to write."""
+    overwrite: bool = False
+    """Replace a folder already at OUT."""
+
+
+def run_import(argv: Sequence[str], prog: str) -> int:
+    from jaxsae.interop import import_dictionary
+
+    args = parse(Import, argv, prog)
+    print(f"dictionary: {import_dictionary(args.path, args.out, overwrite=args.overwrite)}")
+    return 0
