@@ -26,6 +26,9 @@ _BUILTIN = {
     "report": ("jaxsae.verbs:run_report", "one self-contained HTML report of a trained dictionary"),
     "sweep.plan": ("jaxsae.verbs:run_sweep_plan", "print how a sweep spec's members are packed, with memory estimates"),
     "sweep.run": ("jaxsae.verbs:run_sweep_run", "train every pack of a sweep here; a rerun resumes it"),
+    "sweep.launch": ("jaxsae.verbs:run_sweep_launch", "run a sweep's packs here, as a SLURM job array or on a TPU pod"),
+    "sweep.run-pack": ("jaxsae.verbs:run_sweep_run_pack", "train packs of a launched sweep (each job's task)"),
+    "sweep.summary": ("jaxsae.verbs:run_sweep_summary", "write summary.csv once every pack has finished"),
     "store.info": ("jaxsae.verbs:run_store_info", "validate and describe a store"),
     "store.verify": ("jaxsae.verbs:run_store_verify", "read every committed row: NaN/Inf, norms, metadata, "
                                                       "completeness (exit 0 sound, 1 problems, 2 not a store)"),
@@ -33,7 +36,7 @@ _BUILTIN = {
 # Verbs the extractor registers (COMMANDS_GROUP), with their help, also shown when it is not installed.
 _PLUGIN_VERBS = {"extract": "extract activations: AnnData + model folder -> activation stores",
                  "store.add-genes": "write genes.tsv into a store extracted before gene tables existed"}
-_GROUPS = {"store": "activation stores: info, verify, add-genes", "sweep": "sweeps of many dictionaries: plan, run"}
+_GROUPS = {"store": "activation stores: info, verify, add-genes", "sweep": "sweeps of many dictionaries: plan, run, launch, run-pack, summary"}
 
 
 def _verbs() -> dict[str, str]:

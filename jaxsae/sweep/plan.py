@@ -72,10 +72,13 @@ class Plan:
                            "bytes_per_member": p.bytes_per_member} for p in self.packs]}
 
 
-def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
+def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None, n_devices: int | None = None) -> Plan:
     """Group the spec's members into packs; every pack's config is built and validated here, so a bad axis or
-    value is refused before anything runs. budget_bytes: memory per device (default: measured)."""
+    value is refused before anything runs. budget_bytes: memory per device (default: measured); n_devices:
+    the devices one pack runs on, when it runs elsewhere (a cluster's; default: this process's)."""
     budget, devices = (budget_bytes, "given") if budget_bytes else device_budget()
+    if n_devices is not None:
+        devices += f", {n_devices} device(s) per pack"
     groups: dict[str, tuple[dict, list[Member]]] = {}
     for member in spec.members():
         shared = {k: v for k, v in member.settings.items() if not _member_level(k)}
@@ -87,7 +90,7 @@ def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
     for settings, members in groups.values():
         cfg = _pack_settings(settings, members[:1], where=members[0].name).config("probe")
         try:
-            validate(cfg)  # the store exists, is complete and has the width; the mesh fits the devices
+            validate(cfg, n_devices)  # the store exists, is complete and has the width; the mesh fits the devices
         except ConfigError as e:
             raise ConfigError(f"sweep member {members[0].name}: {e}") from None
         per_member = member_bytes(cfg)
@@ -105,6 +108,13 @@ def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
     if not packs:
         raise ConfigError("sweep: the spec has no members (an empty grid?)")
     return Plan(spec, tuple(packs), budget, devices)
+
+
+def packs_from_json(plan: dict) -> tuple[Pack, ...]:
+    """The packs of a recorded plan (`Plan.to_json()`, as sweep.json holds it), without planning again."""
+    return tuple(Pack(p["name"], p["settings"], tuple(Member(name, settings) for name, settings
+                                                      in zip(p["members"], p["member_settings"], strict=True)),
+                      p["bytes_per_member"]) for p in plan["packs"])
 
 
 def member_bytes(cfg: TrainConfig) -> int:
