@@ -253,7 +253,10 @@ def run_sweep_run_pack(argv: Sequence[str], prog: str) -> int:
 
     args = parse(SweepRunPack, argv, prog)
     trained, kept = run_packs(args.out, args.packs, progress=args.progress)
-    print(f"packs trained: {' '.join(trained) or 'none'}; already complete: {' '.join(kept) or 'none'}")
+    import jax  # after training: asking for the process count first would start JAX before jax.distributed
+
+    print(f"packs trained: {' '.join(trained) or 'none'}; already complete: {' '.join(kept) or 'none'} "
+          f"(process {jax.process_index()} of {jax.process_count()})")
     return 0
 
 

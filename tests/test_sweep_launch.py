@@ -87,11 +87,11 @@ def test_launched_packs_train_one_by_one_and_summarise_without_training_again(sw
     assert "no pack named 'pack9'; its packs are pack000, pack001" in capsys.readouterr().err
 
     assert main(["sweep", "run-pack", str(out), "pack001", "--no_progress"]) == 0  # one array task's work
-    assert "packs trained: pack001; already complete: none" in capsys.readouterr().out
+    assert "packs trained: pack001; already complete: none (process 0 of 1)" in capsys.readouterr().out
     assert (out / "packs" / "pack001" / "run.json").exists() and not (out / "packs" / "pack000").exists()
     assert not (out / "summary.csv").exists()  # a task writes nothing shared
     assert main(["sweep", "run-pack", str(out), "--no_progress"]) == 0
-    assert "packs trained: pack000; already complete: pack001" in capsys.readouterr().out
+    assert "packs trained: pack000; already complete: pack001 (process 0 of 1)" in capsys.readouterr().out
 
     stamps = [os.path.getmtime(out / "packs" / p / "run.json") for p in ("pack000", "pack001")]
     assert main(["sweep", "summary", str(out)]) == 0
