@@ -25,7 +25,7 @@ import sys
 
 from jaxsae.errors import ConfigError, SchedulerError
 from jaxsae.sweep.plan import MEMORY_FRACTION, Plan, plan_sweep
-from jaxsae.sweep.run import claim, pack_dir, run_plan
+from jaxsae.sweep.run import claim, run_plan
 from jaxsae.sweep.spec import load_spec, set_dotted
 from jaxsae.sweep.targets import Backend, SlurmOptions, TpuOptions
 
@@ -155,7 +155,7 @@ def _launch_tpu(spec, out, budget: int | None, opts: TpuOptions) -> Launched:
 def _check_streams(plan: Plan, processes: int, what: str) -> None:
     """Each process of a multi-process pack reads its own data streams: data.streams must divide among them."""
     for pack in plan.packs:
-        streams = pack.config(pack_dir("", pack.name)).data.streams
+        streams = pack.config("probe").data.streams
         if streams % processes:
             raise ConfigError(f"sweep {pack.name}: data.streams={streams} cannot be split over {processes} "
                               f"processes ({what}); set data.streams to a multiple of {processes} in the spec's base")

@@ -103,9 +103,9 @@ def summarize(out: str | os.PathLike) -> str:
     record, packs = recorded_packs(out)
     pending = [p.name for p in packs if not run_folder.is_complete(pack_dir(out, p.name))]
     if pending:
-        raise ConfigError(f"sweep {out}: {len(pending)} of {len(packs)} packs are not complete ({', '.join(pending[:4])}"
-                          f"{', ...' if len(pending) > 4 else ''}); wait for their jobs, or train one here: "
-                          f"jaxsae sweep run-pack {out} {pending[0]}")
+        raise ConfigError(f"sweep {out}: {len(pending)} of {len(packs)} packs are not complete "
+                          f"({', '.join(pending[:4])}{', ...' if len(pending) > 4 else ''}); wait for their jobs, "
+                          f"or train one here: jaxsae sweep run-pack {out} {pending[0]}")
     _write_status(out, record["spec"], record["plan"])
     return write_summary(out, packs)
 
