@@ -8,7 +8,7 @@ Public API (imported lazily, so `import jaxsae.store` stays light):
     jaxsae.interop.export_dictionary / import_dictionary         to and from SAELens and sparsify
     jaxsae.synthesize(path, SynthConfig(...))                    synthetic ground-truth activations
     jaxsae.JaxsaeError and its families (ConfigError, StoreError, CheckpointError, LockError, TrainingError,
-    DictionaryError, AnalysisError, ExtractError)                every error raised on purpose (jaxsae.errors)
+    DictionaryError, AnalysisError, ExtractError, SchedulerError)  every error raised on purpose (jaxsae.errors)
 """
 
 from jaxsae.lazy import lazy_exports
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 install_default_handler()
 
 _ERRORS = ("JaxsaeError", "ConfigError", "StoreError", "CheckpointError", "LockError", "TrainingError",
-           "DictionaryError", "AnalysisError", "ExtractError")
+           "DictionaryError", "AnalysisError", "ExtractError", "SchedulerError")
 _EXPORTS = {
     **dict.fromkeys(_ERRORS, "jaxsae.errors"), "SAEConfig": "jaxsae.sae.base",
     "Dictionary": "jaxsae.dictionary", "load": "jaxsae.dictionary",

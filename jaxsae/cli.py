@@ -29,6 +29,9 @@ _BUILTIN = {
     "sweep.report": ("jaxsae.verbs:run_sweep_report", "each architecture's L0-FVU Pareto frontier: plot + table"),
     "export": ("jaxsae.verbs:run_export", "write a dictionary in SAELens's or sparsify's layout"),
     "import": ("jaxsae.verbs:run_import", "save a SAELens or sparsify dictionary as a jaxsae dictionary"),
+    "sweep.launch": ("jaxsae.verbs:run_sweep_launch", "run a sweep's packs here, as a SLURM job array or on a TPU pod"),
+    "sweep.run-pack": ("jaxsae.verbs:run_sweep_run_pack", "train packs of a launched sweep (each job's task)"),
+    "sweep.summary": ("jaxsae.verbs:run_sweep_summary", "write summary.csv once every pack has finished"),
     "store.info": ("jaxsae.verbs:run_store_info", "validate and describe a store"),
     "store.verify": ("jaxsae.verbs:run_store_verify", "read every committed row: NaN/Inf, norms, metadata, "
                                                       "completeness (exit 0 sound, 1 problems, 2 not a store)"),
@@ -36,7 +39,8 @@ _BUILTIN = {
 # Verbs the extractor registers (COMMANDS_GROUP), with their help, also shown when it is not installed.
 _PLUGIN_VERBS = {"extract": "extract activations: AnnData + model folder -> activation stores",
                  "store.add-genes": "write genes.tsv into a store extracted before gene tables existed"}
-_GROUPS = {"store": "activation stores: info, verify, add-genes", "sweep": "sweeps of many dictionaries: plan, run, report"}
+_GROUPS = {"store": "activation stores: info, verify, add-genes",
+           "sweep": "sweeps of many dictionaries: plan, run, report, launch, run-pack, summary"}
 
 
 def _verbs() -> dict[str, str]:

@@ -16,7 +16,8 @@ what was expected and the fix; every CLI verb prints it as one `error: ...` line
     │   └── NonFiniteError   a non-finite loss or gradient
     ├── DictionaryError      a dictionary folder that cannot be loaded, or input of the wrong shape
     ├── AnalysisError        bad analysis input (cells that do not match the store, a malformed GMT, ...)
-    └── ExtractError         bad extraction input (AnnData, model folder, option)
+    ├── ExtractError         bad extraction input (AnnData, model folder, option)
+    └── SchedulerError       a job scheduler that is missing or refused a submission (sbatch)
 
 Every family is also a `ValueError`, as each of them was before this module existed (`except ValueError`
 in user code keeps catching them).
@@ -89,3 +90,7 @@ class ExtractError(JaxsaeError, ValueError):
 
     Raised before any work starts; the message names what was found, what was expected and the fix.
     """
+
+
+class SchedulerError(JaxsaeError, ValueError):
+    """A job scheduler that cannot take the work: its command is missing, or it refused the submission."""

@@ -41,3 +41,42 @@ def pbmc_cells():
     from extract.demo import pbmc_counts
 
     return pbmc_counts()
+
+
+SWEEP_D, SWEEP_N = 16, 64  # the sweep tests' tiny dictionaries: d_model, n_latents
+
+
+@pytest.fixture(scope="session")
+def sweep_store(tmp_path_factory):
+    """A small synthetic store (4,096 rows, d 16) for the sweep tests, built once per run."""
+    from jaxsae.data.synthetic import SynthConfig, synthesize
+
+    return synthesize(tmp_path_factory.mktemp("sweep") / "store",
+                      SynthConfig(rows=4_096, d_model=SWEEP_D, n_features=48, active_per_row=3))
+
+
+@pytest.fixture(scope="session")
+def sweep_spec(sweep_store):
+    """write(folder, grid, extra="", base="") -> the path of a spec "t": 12 steps of d 16 / 64 latents on
+    `sweep_store`, with the given [grid] lines, top-level entries and [base] settings."""
+    def write(folder, grid: str, extra: str = "", base: str = "") -> str:
+        path = folder / "spec.toml"
+        path.write_text(f"""name = "t"
+{extra}
+[base]
+steps = 12
+log_every = 4
+progress = false
+{base}
+[base.sae]
+d_model = {SWEEP_D}
+n_latents = {SWEEP_N}
+[base.data]
+store = "{sweep_store}"
+batch_rows = 256
+[grid]
+{grid}
+""")
+        return str(path)
+
+    return write

@@ -18,7 +18,8 @@ VERBS = {"train": "Adam's second-moment decay", "synth": "True dictionary size",
          "store add-genes": "Geneformer token dictionary", "extract": "Seed of scGPT's value binning",
          "export": "The other tool's layout", "import": "a sparsify hookpoint folder",
          "sweep plan": "a base config plus grid and random axes", "sweep run": "The sweep folder (default",
-         "sweep report": "Where to write pareto.png"}
+         "sweep report": "Where to write pareto.png", "sweep launch": "Where the packs run",
+         "sweep run-pack": "The packs to train, by name", "sweep summary": "The sweep folder"}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from jaxsae import errors
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("ConfigError", "StoreError", "CheckpointError", "LockError", "TrainingError", "DictionaryError",
-            "AnalysisError", "ExtractError")
+            "AnalysisError", "ExtractError", "SchedulerError")
 SPECIFIC = {"StoreWriteError": "StoreError", "FolderLockedError": "LockError", "RunLockedError": "LockError",
             "NonFiniteError": "TrainingError"}
 # What extract/ may import of jaxsae (DESIGN.md, rooms): the store, the dictionary, and leaf modules.

@@ -14,44 +14,16 @@ from safetensors.numpy import load_file
 
 import jaxsae
 from jaxsae.cli import main
-from jaxsae.data.synthetic import SynthConfig, synthesize
 from jaxsae.errors import ConfigError, DictionaryError
 from jaxsae.sweep import load_spec, plan_sweep, run_sweep
 from jaxsae.sweep.report import pareto_front
 from jaxsae.train import load_config, train
 
-D, N = 16, 64
+D, N = 16, 64  # the widths of conftest's sweep_spec
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return synthesize(tmp_path_factory.mktemp("sweep") / "store",
-                      SynthConfig(rows=4_096, d_model=D, n_features=48, active_per_row=3))
-
-
-def write_spec(folder, store, grid: str, extra: str = "", base: str = "") -> str:
-    path = folder / "spec.toml"
-    path.write_text(f"""name = "t"
-{extra}
-[base]
-steps = 12
-log_every = 4
-progress = false
-{base}
-[base.sae]
-d_model = {D}
-n_latents = {N}
-[base.data]
-store = "{store}"
-batch_rows = 256
-[grid]
-{grid}
-""")
-    return str(path)
-
-
-def test_members_are_named_from_their_values_and_packed_by_what_they_share(store, tmp_path):
-    spec = load_spec(write_spec(tmp_path, store, '"hparams.k" = [2, 4]\n"optim.lr" = [4e-4, 1e-3]\n'
+def test_members_are_named_from_their_values_and_packed_by_what_they_share(sweep_store, sweep_spec, tmp_path):
+    spec = load_spec(sweep_spec(tmp_path, '"hparams.k" = [2, 4]\n"optim.lr" = [4e-4, 1e-3]\n'
                                                  '"sae.architecture" = ["topk", "batchtopk"]'))
     plan = plan_sweep(spec)
     assert [m.name for m in spec.members()][:3] == ["k2_lr0.0004_topk", "k2_lr0.0004_batchtopk", "k2_lr0.001_topk"]
@@ -62,15 +34,15 @@ def test_members_are_named_from_their_values_and_packed_by_what_they_share(store
                                         {"k": 4, "lr": 1e-3}]
     assert topk.bytes_per_member > 4 * 4 * 2 * D * N  # at least the weights four times over
 
-    capped = plan_sweep(load_spec(write_spec(tmp_path, store, '"hparams.k" = [1, 2, 3, 4, 5]', "max_pack = 2")))
+    capped = plan_sweep(load_spec(sweep_spec(tmp_path, '"hparams.k" = [1, 2, 3, 4, 5]', "max_pack = 2")))
     assert [len(p.members) for p in capped.packs] == [2, 2, 1]
     small = plan_sweep(spec, budget_bytes=topk.bytes_per_member * 3)  # memory allows 3 per pack
     assert [len(p.members) for p in small.packs] == [3, 1, 3, 1]
 
 
-def test_random_axes_are_seeded_draws(store, tmp_path):
+def test_random_axes_are_seeded_draws(sweep_store, sweep_spec, tmp_path):
     extra = '[random]\nsamples = 3\ndraw_seed = 7\n"optim.lr" = {log_uniform = [1e-4, 1e-2]}\n"seed" = {choice = [0, 1]}'
-    path = write_spec(tmp_path, store, '"hparams.k" = [2, 4]')
+    path = sweep_spec(tmp_path, '"hparams.k" = [2, 4]')
     with open(path, "a") as f:
         f.write(extra)
     members = load_spec(path).members()
@@ -89,17 +61,17 @@ def test_random_axes_are_seeded_draws(store, tmp_path):
     ('"data.store" = ["/nonexistent/store"]', "", r"sweep member nonexistent-store: data.store: store /nonexistent/store: the folder does not exist"),
     ('"sae.n_latents" = [100000000]', "", r"needs ~.*more than the memory budget"),
 ])
-def test_bad_specs_are_refused_before_anything_runs(store, tmp_path, grid, extra, message):
+def test_bad_specs_are_refused_before_anything_runs(sweep_store, sweep_spec, tmp_path, grid, extra, message):
     with pytest.raises(ConfigError, match=message):
-        plan_sweep(load_spec(write_spec(tmp_path, store, grid, extra)))
+        plan_sweep(load_spec(sweep_spec(tmp_path, grid, extra)))
     assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
-def swept(store, tmp_path_factory):
+def swept(sweep_store, sweep_spec, tmp_path_factory):
     """A finished 4-member sweep (k x lr) in 2 packs, run through the CLI: (spec, out folder, captured stdout)."""
     folder = tmp_path_factory.mktemp("swept")
-    spec = write_spec(folder, store, '"hparams.k" = [2, 4]\n"optim.lr" = [1e-3, 3e-3]', "max_pack = 2")
+    spec = sweep_spec(folder, '"hparams.k" = [2, 4]\n"optim.lr" = [1e-3, 3e-3]', "max_pack = 2")
     out = folder / "out"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -107,7 +79,7 @@ def swept(store, tmp_path_factory):
     return spec, out, stdout.getvalue()
 
 
-def test_a_sweep_runs_its_packs_and_each_member_equals_training_it_alone(store, swept, tmp_path):
+def test_a_sweep_runs_its_packs_and_each_member_equals_training_it_alone(sweep_store, sweep_spec, swept, tmp_path):
     spec, out, printed = swept
     assert "packs trained: 2, already complete: 0" in printed
     with open(out / "summary.csv") as f:
@@ -117,7 +89,7 @@ def test_a_sweep_runs_its_packs_and_each_member_equals_training_it_alone(store, 
     assert [float(r["l0"]) for r in rows] == [2.0, 2.0, 4.0, 4.0]
 
     # the third member (pack001, member 0: k 4, lr 1e-3) trained alone gives the same dictionary
-    alone = train(load_config(None, [f"data.store={store}", f"run_dir={tmp_path / 'alone'}", "steps=12",
+    alone = train(load_config(None, [f"data.store={sweep_store}", f"run_dir={tmp_path / 'alone'}", "steps=12",
                                      "log_every=4", "progress=false", f"sae.d_model={D}", f"sae.n_latents={N}",
                                      "sae.k=4", "data.batch_rows=256", 'members=[{"k": 4, "lr": 1e-3}]']))
     mine = load_file(os.path.join(rows[2]["dictionary"], "dictionary.safetensors"))
@@ -126,13 +98,13 @@ def test_a_sweep_runs_its_packs_and_each_member_equals_training_it_alone(store, 
         np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_a_rerun_skips_finished_packs_and_another_plan_is_refused(store, swept, tmp_path):
+def test_a_rerun_skips_finished_packs_and_another_plan_is_refused(sweep_store, sweep_spec, swept, tmp_path):
     spec, out, _ = swept
     stamp = os.path.getmtime(out / "packs" / "pack000" / "run.json")
     result = run_sweep(spec, out, progress=False)
     assert (result.trained, result.kept) == ([], ["pack000", "pack001"])
     assert os.path.getmtime(out / "packs" / "pack000" / "run.json") == stamp
-    other = write_spec(tmp_path, store, '"hparams.k" = [3]')
+    other = sweep_spec(tmp_path, '"hparams.k" = [3]')
     with pytest.raises(ConfigError, match="holds another sweep's plan"):
         run_sweep(other, out, progress=False)
 
@@ -167,8 +139,8 @@ def test_pareto_front():
     assert pareto_front(l0, fvu).tolist() == [True, True, False, False, True, False]
 
 
-def test_sweep_plan_prints_the_packs(store, tmp_path, capsys):
-    spec = write_spec(tmp_path, store, '"hparams.k" = [2, 4]')
+def test_sweep_plan_prints_the_packs(sweep_store, sweep_spec, tmp_path, capsys):
+    spec = sweep_spec(tmp_path, '"hparams.k" = [2, 4]')
     assert main(["sweep", "plan", spec]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("sweep t: 2 members in 1 pack(s); memory budget ")
@@ -176,11 +148,11 @@ def test_sweep_plan_prints_the_packs(store, tmp_path, capsys):
     assert "members over 2 device(s)" in printed  # the 8 simulated devices: 2 on ens, 4 on data
 
 
-def test_members_spread_over_devices_train_as_on_one(store, tmp_path):
+def test_members_spread_over_devices_train_as_on_one(sweep_store, sweep_spec, tmp_path):
     """8 members planned onto the 8 devices' ens axis, and on a (2, 4, 1) mesh, equal one device's result."""
     from jaxsae.train.config import MeshConfig
 
-    plan = plan_sweep(load_spec(write_spec(tmp_path, store, '"hparams.k" = [2, 3, 4, 5]\n"optim.lr" = [1e-3, 3e-3]')))
+    plan = plan_sweep(load_spec(sweep_spec(tmp_path, '"hparams.k" = [2, 3, 4, 5]\n"optim.lr" = [1e-3, 3e-3]')))
     (pack,) = plan.packs
     assert pack.settings["mesh"] == {"ens": 8}
     results = {}
@@ -195,7 +167,7 @@ def test_members_spread_over_devices_train_as_on_one(store, tmp_path):
 
 
 @pytest.mark.parametrize("architecture", ["topk", "relu"])
-def test_the_memory_estimate_bounds_what_xla_allocates_for_a_pack(store, architecture):
+def test_the_memory_estimate_bounds_what_xla_allocates_for_a_pack(sweep_store, sweep_spec, architecture):
     """XLA's own account of the compiled step (arguments + outputs + temporaries, less what the donated state
     aliases) on one device, for a 4-member pack, against the planner's estimate of 4 members."""
     import jax
@@ -208,7 +180,7 @@ def test_the_memory_estimate_bounds_what_xla_allocates_for_a_pack(store, archite
     from jaxsae.train.state import init_state, member_seeds, member_settings
     from jaxsae.train.step import make_train_step
 
-    cfg = load_config(None, [f"data.store={store}", "steps=10", f"sae.d_model={D}", "sae.n_latents=512",
+    cfg = load_config(None, [f"data.store={sweep_store}", "steps=10", f"sae.d_model={D}", "sae.n_latents=512",
                              f"sae.architecture={architecture}", "sae.k=8", "data.batch_rows=512", "mesh.data=1",
                              "members=[{}, {}, {}, {}]"])
     arch = build(cfg.sae)

@@ -74,10 +74,13 @@ class Plan:
                            "bytes_per_member": p.bytes_per_member} for p in self.packs]}
 
 
-def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
+def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None, n_devices: int | None = None) -> Plan:
     """Group the spec's members into packs; every pack's config is built and validated here, so a bad axis or
-    value is refused before anything runs. budget_bytes: memory per device (default: measured)."""
+    value is refused before anything runs. budget_bytes: memory per device (default: measured); n_devices:
+    the devices one pack runs on, when it runs elsewhere (a cluster's; default: this process's)."""
     budget, devices = (budget_bytes, "given") if budget_bytes else device_budget()
+    if n_devices is not None:
+        devices += f", {n_devices} device(s) per pack"
     groups: dict[str, tuple[dict, list[Member]]] = {}
     for member in spec.members():
         shared = {k: v for k, v in member.settings.items() if not _member_level(k)}
@@ -89,7 +92,7 @@ def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
     for settings, members in groups.values():
         cfg = _pack_settings(settings, members[:1], where=members[0].name).config("probe")
         try:
-            validate(cfg)  # the store exists, is complete and has the width; the mesh fits the devices
+            validate(cfg, n_devices)  # the store exists, is complete and has the width; the mesh fits the devices
         except ConfigError as e:
             raise ConfigError(f"sweep member {members[0].name}: {e}") from None
         per_member = member_bytes(cfg)
@@ -102,11 +105,19 @@ def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None) -> Plan:
         size = min(spec.max_pack, fits)
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
-            pack = _pack_settings(_spread(settings, len(chunk)), chunk, where=f"pack {len(packs)}")
+            pack = _pack_settings(_spread(settings, len(chunk), n_devices or jax.device_count()), chunk,
+                                  where=f"pack {len(packs)}")
             packs.append(dataclasses.replace(pack, name=f"pack{len(packs):03d}", bytes_per_member=per_member))
     if not packs:
         raise ConfigError("sweep: the spec has no members (an empty grid?)")
     return Plan(spec, tuple(packs), budget, devices)
+
+
+def packs_from_json(plan: dict) -> tuple[Pack, ...]:
+    """The packs of a recorded plan (`Plan.to_json()`, as sweep.json holds it), without planning again."""
+    return tuple(Pack(p["name"], p["settings"], tuple(Member(name, settings) for name, settings
+                                                      in zip(p["members"], p["member_settings"], strict=True)),
+                      p["bytes_per_member"]) for p in plan["packs"])
 
 
 def member_bytes(cfg: TrainConfig) -> int:
@@ -132,13 +143,12 @@ def device_budget() -> tuple[int, str]:
     return int(MEMORY_FRACTION * host / len(devices)), what
 
 
-def _spread(settings: dict, n_members: int) -> dict:
+def _spread(settings: dict, n_members: int, n_devices: int) -> dict:
     """Members over the mesh's `ens` axis (independent members need no collectives between them): the
-    largest divisor of the device count that divides the pack, the rest on `data`. A spec that sets any
-    `mesh` setting keeps its own mesh."""
+    largest divisor of the pack's device count (`n_devices`) that divides the pack, the rest on `data`. A spec
+    that sets any `mesh` setting keeps its own mesh."""
     if "mesh" in settings:
         return settings
-    n_devices = jax.device_count()
     ens = max(d for d in range(1, n_devices + 1) if n_devices % d == 0 and n_members % d == 0)
     return set_dotted(settings, "mesh.ens", ens)
 

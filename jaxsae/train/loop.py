@@ -12,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from jaxsae.data.order import BlockShuffleOrder
 from jaxsae.data.stream import ActivationStream, StreamState
@@ -48,8 +48,11 @@ class RunResult:
     store: str
 
 
-def validate(cfg: TrainConfig):
-    """Everything that can be refused before any work: the store, widths, the mesh. Returns (store, mesh)."""
+def validate(cfg: TrainConfig, n_devices: int | None = None):
+    """Everything that can be refused before any work: the store, widths, the mesh. Returns (store, mesh).
+
+    n_devices: check the mesh against that many devices (a cluster's, when planning for one) instead of this
+    process's; the mesh returned is then abstract."""
     try:
         store = open_store(cfg.data.store)
     except StoreError as e:
@@ -74,7 +77,10 @@ def validate(cfg: TrainConfig):
             import tensorboardX  # noqa: F401
         except ImportError:
             raise ConfigError("--tensorboard needs tensorboardX: pip install 'jaxsae[tensorboard]'") from None
-    mesh = mesh_lib.make_mesh(cfg.mesh)
+    if n_devices is None:
+        mesh = mesh_lib.make_mesh(cfg.mesh)
+    else:
+        mesh = AbstractMesh(mesh_lib.mesh_shape(cfg.mesh, n_devices), mesh_lib.AXES)
     mesh_lib.check_divisibility(mesh, cfg.sae, cfg.n_members, cfg.data.batch_rows)
     return store, mesh
 
