@@ -47,6 +47,7 @@ def test_random_axes_are_seeded_draws(sweep_store, sweep_spec, tmp_path):
         f.write(extra)
     members = load_spec(path).members()
     assert len(members) == 6 and members == load_spec(path).members()  # deterministic
+    assert [m.name[:5] for m in members] == ["r000_", "r001_", "r002_"] * 2
     lrs = [m.settings["optim.lr"] for m in members]
     assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 6
 

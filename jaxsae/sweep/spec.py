@@ -62,14 +62,18 @@ class SweepSpec:
 
     def members(self) -> list[Member]:
         """Every member, in a deterministic order: the grid's combinations (last axis fastest), each with
-        `samples` random draws when there are random axes."""
+        `samples` random draws when there are random axes. A drawn member's name starts with its draw's
+        index (`r002_k16_lr0.00123`): rounded values alone could make two draws' names equal."""
         combos = [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())] or [{}]
         rng = np.random.default_rng(self.random_seed)
-        points = []
+        members = []
         for combo in combos:
-            draws = [_draw(self.random, rng) for _ in range(self.samples)] if self.random else [{}]
-            points += [{**combo, **draw} for draw in draws]
-        members = [Member(member_name(p), p) for p in points]
+            if not self.random:
+                members.append(Member(member_name(combo), combo))
+                continue
+            for j in range(self.samples):
+                point = {**combo, **_draw(self.random, rng)}
+                members.append(Member(f"r{j:03d}_{member_name(point)}", point))
         names = [m.name for m in members]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
