@@ -158,7 +158,7 @@ def test_members_spread_over_devices_train_as_on_one(sweep_store, sweep_spec, tm
     assert pack.settings["mesh"] == {"ens": 8}
     results = {}
     for mesh in (MeshConfig(data=1), MeshConfig(ens=8), MeshConfig(data=2, ens=4)):
-        cfg = dataclasses.replace(pack.config(str(tmp_path / f"run-{mesh.data}-{mesh.ens}")), mesh=mesh)
+        cfg = dataclasses.replace(pack.config(str(tmp_path / f"run-{mesh.data}-{mesh.ens}")), mesh=mesh, steps=6)
         results[mesh] = [load_file(os.path.join(path, "dictionary.safetensors")) for path in train(cfg).dictionaries]
     one, *spread = results.values()
     for other in spread:
