@@ -106,6 +106,6 @@ def test_launched_packs_train_one_by_one_and_summarise_without_training_again(sw
 
 def main_raising(argv):
     """Run a verb's runner directly, so its error propagates (main() turns it into exit status 2)."""
-    from jaxsae.verbs import run_sweep_launch
+    from jaxsae.sweep.verbs import run_sweep_launch
 
     return run_sweep_launch(argv[2:], "jaxsae sweep launch")
