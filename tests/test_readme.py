@@ -51,6 +51,8 @@ SHRINK = [
      r"\1\2 --d 16 --n 256 --k 4 --batch 256 --repeats 1 --skip-memory\3"),
     (r"^(\.venv/bin/python experiments/bench_encode\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --rows 20000 --n-latents 512 --k 8 --compare-rows 4096 --repeats 1\3"),
+    (r"^(\.venv/bin/python experiments/bench_sweep\.py)(.*?)(\s+#.*)?$",
+     r"\1\2 --members 2 --steps 10 --batch 256 --repeats 1\3"),
     (r"^(\.venv/bin/python experiments/bench_extract\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --cells 24 --genes 120 --n-layers 2 --d-model 16 --layers 1 --repeats 1\3"),
 ]
