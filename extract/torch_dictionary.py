@@ -13,13 +13,14 @@ import os
 import torch
 from torch import nn
 
-from jaxsae.dictionary import Dictionary, PortableForm, load
+from jaxsae.dictionary import Dictionary, load
+from jaxsae.sae.portable import PortableForm
 
 
 class TorchDictionary(nn.Module):
     """A dictionary's encoder and decoder as a torch module (weights as parameters, named as in jaxsae).
 
-    activation: "relu" | "topk" | "jumprelu" | "gated" (see `jaxsae.dictionary.PortableForm`); k: topk's
+    activation: "relu" | "topk" | "jumprelu" | "gated" (see `jaxsae.sae.portable.PortableForm`); k: topk's
     active latents per row. W_enc [d, n], W_dec [n, d], b_dec [d]; b_enc [n] or, gated, b_gate, r_mag, b_mag [n];
     threshold [n] for jumprelu.
     """

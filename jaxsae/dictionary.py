@@ -21,8 +21,8 @@ from jaxsae.atomic import atomic_folder
 from jaxsae.codes import SparseCodesBuilder, default_batch_rows, padded_rows
 from jaxsae.errors import DictionaryError
 from jaxsae.sae.base import Axes, SAEConfig, build, check_hparams, hparam_fields, hparams_as_arrays
-from jaxsae.sae.common import member_k
 from jaxsae.sae.fold import fold_input_scale
+from jaxsae.sae.portable import PortableForm
 
 FORMAT = "jaxsae.dictionary"
 FORMAT_VERSION = 1
@@ -68,26 +68,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(type(o))
-
-
-@dataclasses.dataclass(frozen=True)
-class PortableForm:
-    """A dictionary's inference rule in the terms SAELens, sparsify and PyTorch share, on raw activations:
-
-        pre   = (x - b_dec) W_enc + b_enc                                   x: [B, d], pre: [B, n]
-        f     = ReLU(pre)                                        activation "relu"
-              = ReLU of each row's k largest pre, 0 elsewhere    activation "topk"
-              = ReLU(pre) * [pre > threshold]                    activation "jumprelu" (threshold [n])
-              = [(x - b_dec) W_enc + b_gate > 0] * ReLU((x - b_dec) W_enc exp(r_mag) + b_mag)   "gated"
-        x_hat = f W_dec + b_dec
-
-    tensors: float32 W_enc [d, n], W_dec [n, d], b_dec [d], and b_enc [n] (relu, topk, jumprelu),
-    threshold [n] (jumprelu), b_gate, r_mag, b_mag [n] (gated). k: active latents per row (topk only).
-    """
-
-    activation: str
-    tensors: dict[str, np.ndarray]
-    k: int | None = None
 
 
 @dataclasses.dataclass
@@ -183,30 +163,16 @@ class Dictionary:
         return _encode_fn(self.sae)(params, buffers, jnp.asarray(x), hp)
 
     def portable(self) -> PortableForm:
-        """This dictionary's inference as one of the rules other tools share (SAELens, sparsify, PyTorch).
-
-        BatchTopK and Matryoshka encode with a scalar threshold at inference, which is a JumpReLU whose
-        threshold is the same for every latent; TopK keeps its member's k. Exact: the same latents, bit for bit
-        up to float rounding of the same matmuls.
-        """
-        p = self.params
-        arch = self.sae.architecture
-        if arch == "gated":
-            return PortableForm("gated", {k: p[k] for k in ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")})
-        linear = {k: p[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-        if arch == "relu":
-            return PortableForm("relu", linear)
-        if arch == "topk":
-            return PortableForm("topk", linear, k=int(member_k(self._hp().k, self.sae.k)))
-        if arch == "jumprelu":
-            return PortableForm("jumprelu", {**linear, "threshold": p["threshold"]})
-        if arch in ("batchtopk", "matryoshka"):
-            threshold = np.full(self.n_latents, np.reshape(self.buffers["threshold"], ()), np.float32)
-            return PortableForm("jumprelu", {**linear, "threshold": threshold})
-        raise DictionaryError(
-            f"architecture: {arch!r} (a registered architecture) has no portable form; only relu, topk, "
-            f"batchtopk, jumprelu, gated and matryoshka dictionaries can leave jaxsae"
-        )
+        """This dictionary's inference as one of the rules other tools share (SAELens, sparsify, PyTorch), as its
+        architecture declares it (`Architecture.portable`; e.g. BatchTopK's scalar inference threshold is a
+        JumpReLU with that threshold in every latent). Exact: the same latents up to float rounding."""
+        arch = build(self.sae)
+        if arch.portable is None:
+            raise DictionaryError(
+                f"architecture: {arch.name!r} declares no portable form (Architecture.portable), so it cannot "
+                f"leave jaxsae; the built-in relu, topk, batchtopk, jumprelu, gated and matryoshka can"
+            )
+        return arch.portable(self.params, self.buffers, self._hp())
 
     def decode(self, latents) -> np.ndarray:
         """latents: [B, n] (dense, or a scipy.sparse matrix from `encode`) -> [B, d] reconstruction in raw

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxsae
 from jaxsae.data.synthetic import SynthConfig, synthesize
+from jaxsae.errors import DictionaryError
 from jaxsae.sae import Architecture, Axes, ConfigError, LossOut, Range, SAEConfig, register
 from jaxsae.sae.collectives import psum
 from jaxsae.train import checkpoint as ckpt
@@ -123,6 +124,9 @@ def test_a_registered_toy_architecture_trains_shards_resumes_saves_and_loads(sto
         want = toy(d.sae).encode(member, {}, rows * host.scale, ToyHParams(), Axes())
         np.testing.assert_allclose(d.encode(rows, sparse=False), want, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(jaxsae.load(resumed.dictionaries[m]).params["gain"], d.params["gain"])
+    # It declares no portable form (Architecture.portable), so it cannot be exported to other tools.
+    with pytest.raises(DictionaryError, match=r"'toy' declares no portable form .*cannot leave jaxsae"):
+        jaxsae.load(full.dictionaries[0]).portable()
 
 
 def test_the_toy_hyperparameters_are_validated_from_their_annotations(store, tmp_path):

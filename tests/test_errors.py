@@ -18,7 +18,7 @@ SPECIFIC = {"StoreWriteError": "StoreError", "FolderLockedError": "LockError", "
             "NonFiniteError": "TrainingError"}
 # What extract/ may import of jaxsae (DESIGN.md, rooms): the store, the dictionary, and leaf modules.
 EXTRACT_MAY_IMPORT = ("jaxsae.store", "jaxsae.dictionary", "jaxsae.errors", "jaxsae.atomic", "jaxsae.differences",
-                      "jaxsae.validation", "jaxsae.flags")
+                      "jaxsae.validation", "jaxsae.flags", "jaxsae.sae.portable")
 LEAF_MODULES = ("errors.py", "atomic.py", "differences.py", "validation.py")
 
 

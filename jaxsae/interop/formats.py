@@ -8,14 +8,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxsae.dictionary import PortableForm
+from jaxsae.sae.portable import PortableForm
 from jaxsae.errors import DictionaryError
 
 
 class Imported(NamedTuple):
     """A foreign dictionary read from disk.
 
-    form: its inference rule and float32 tensors (jaxsae.dictionary.PortableForm).
+    form: its inference rule and float32 tensors (jaxsae.sae.portable.PortableForm).
     provenance: the jaxsae config sections an export carried (sae, hparams, source, metrics, ...), or what the
     foreign config says of the source (model, hook) when jaxsae did not write it.
     foreign_config: the format's own config file as read.

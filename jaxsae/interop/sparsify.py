@@ -14,7 +14,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from jaxsae.dictionary import PortableForm
+from jaxsae.sae.portable import PortableForm
 from jaxsae.errors import DictionaryError
 from jaxsae.interop.formats import Imported, checked_form, field, read_json, write_json
 

@@ -102,6 +102,9 @@ class Architecture(NamedTuple):
     loss_terms:       the names of LossOut.terms
     Guarantee relied on by `jaxsae.codes`: inference latents are >= 0 (every built-in ends in a ReLU);
     `nonnegative_latents=False` makes sparse encoding refuse the architecture instead of dropping values.
+    portable:         (params, buffers, hp) of one member, numpy, folded -> its inference as a
+                      `jaxsae.sae.portable.PortableForm` (what export to SAELens/sparsify and `to_torch` use);
+                      None: the architecture cannot leave jaxsae
     """
 
     name: str
@@ -120,6 +123,7 @@ class Architecture(NamedTuple):
     max_active_per_row: int | None
     loss_terms: tuple[str, ...]
     nonnegative_latents: bool = True
+    portable: Callable[[dict, dict, Any], Any] | None = None
 
 
 Constructor = Callable[["SAEConfig"], Architecture]

@@ -16,11 +16,13 @@ from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, Params, Range, SAEConfig, check_k
 from jaxsae.sae.common import decode, member_k, pre_activations
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
+from jaxsae.sae.portable import PortableForm, linear
 from jaxsae.sae.sparse import batch_top_k, selected_pre
 from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss
 
@@ -80,9 +82,16 @@ def batchtopk(cfg: SAEConfig) -> Architecture:
         fwd, new_buffers = select(params, buffers, x, hp, cfg, ctx)
         return reconstruction_loss(params, fwd, hp, ctx, cfg, new_buffers)
 
+    def portable(params, buffers, hp) -> PortableForm:
+        """At inference a scalar threshold: a JumpReLU with it in every latent."""
+        n = params["W_enc"].shape[1]
+        return PortableForm("jumprelu", {**linear(params), "threshold": np.full(
+            n, np.reshape(buffers["threshold"], ()), np.float32)})
+
     return Architecture(
         name="batchtopk", init=init, init_buffers=init_buffers, encode=encode, decode=decode, loss=loss,
         fold_input_scale=linear_fold(), hparams=BatchTopKHParams, default_hparams=BatchTopKHParams(k=cfg.k),
         param_layout=TIED_LAYOUT, buffer_layout={"threshold": None}, uses_auxk=True,
         decoder_constraint="unit_norm_rows", max_active_per_row=None, loss_terms=LOSS_TERMS,
+        portable=portable,
     )

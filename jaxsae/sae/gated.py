@@ -27,6 +27,7 @@ from jaxsae.sae.collectives import psum
 from jaxsae.sae.common import centre, decode, dense_firing, latent_row_mean, mse, warmup
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import decoder_row_norm, tied
+from jaxsae.sae.portable import PortableForm
 
 __all__ = ["gated"]
 
@@ -83,4 +84,6 @@ def gated(cfg: SAEConfig) -> Architecture:
         param_layout={"W_enc": 1, "b_gate": 0, "r_mag": 0, "b_mag": 0, "W_dec": 0, "b_dec": None},
         buffer_layout={}, uses_auxk=False, decoder_constraint="unit_norm_rows", max_active_per_row=None,
         loss_terms=("gated_aux", "l1", "mse"),
+        portable=lambda params, buffers, hp: PortableForm("gated", {
+            name: params[name] for name in ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")}),
     )

@@ -31,6 +31,7 @@ from jaxsae.sae.collectives import pvary
 from jaxsae.sae.common import decode, decoder_norms, dense_firing, latent_row_mean, mse, pre_activations, warmup
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
+from jaxsae.sae.portable import PortableForm, linear
 
 __all__ = ["jumprelu"]
 
@@ -125,4 +126,6 @@ def jumprelu(cfg: SAEConfig) -> Architecture:
         param_layout={**TIED_LAYOUT, "threshold": 0}, buffer_layout={}, uses_auxk=False,
         decoder_constraint="unit_norm_rows", max_active_per_row=None,
         loss_terms=tuple(sorted(("mse", cfg.jumprelu_penalty))),
+        portable=lambda params, buffers, hp: PortableForm("jumprelu", {**linear(params),
+                                                                       "threshold": params["threshold"]}),
     )

@@ -22,6 +22,7 @@ from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, P
 from jaxsae.sae.common import decode, decoder_norms, dense_firing, latent_row_mean, mse, pre_activations, warmup
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
+from jaxsae.sae.portable import PortableForm, linear
 
 __all__ = ["relu"]
 
@@ -58,4 +59,5 @@ def relu(cfg: SAEConfig) -> Architecture:
         fold_input_scale=linear_fold(), hparams=ReLUHParams, default_hparams=ReLUHParams(),
         param_layout=TIED_LAYOUT, buffer_layout={},
         uses_auxk=False, decoder_constraint="none", max_active_per_row=None, loss_terms=("l1", "mse"),
+        portable=lambda params, buffers, hp: PortableForm("relu", linear(params)),
     )

@@ -21,6 +21,7 @@ from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, P
 from jaxsae.sae.common import decode, member_k, pre_activations
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
+from jaxsae.sae.portable import PortableForm, linear
 from jaxsae.sae.sparse import scatter_dense, select_top_k, selected_pre, slot_mask
 from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss
 
@@ -62,4 +63,5 @@ def topk(cfg: SAEConfig) -> Architecture:
         fold_input_scale=linear_fold(), hparams=TopKHParams, default_hparams=TopKHParams(k=cfg.k),
         param_layout=TIED_LAYOUT, buffer_layout={}, uses_auxk=True, decoder_constraint="unit_norm_rows",
         max_active_per_row=cfg.k, loss_terms=LOSS_TERMS,
+        portable=lambda params, buffers, hp: PortableForm("topk", linear(params), k=int(member_k(hp.k, cfg.k))),
     )
