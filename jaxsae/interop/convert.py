@@ -21,10 +21,6 @@ from jaxsae.interop.formats import Imported, source_folder
 from jaxsae.sae.base import SAEConfig
 
 FORMATS = ("saelens", "sparsify")
-# The jaxsae architecture each portable activation is, when nothing says otherwise.
-NATIVE = {"relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
-# Architectures whose inference is a JumpReLU with one threshold for every latent (buffer "threshold" []).
-UNIFORM_THRESHOLD = ("batchtopk", "matryoshka")
 PROVENANCE_KEYS = ("architecture", "sae", "hparams", "normalisation", "source", "metrics", "run_dir", "member",
                    "steps")
 
@@ -105,22 +101,34 @@ def detect_format(path: str) -> tuple[str, str]:
 
 def _as_jaxsae(imported: Imported) -> tuple[SAEConfig, dict, dict, dict]:
     """(sae, params, buffers, hparams) for save_dictionary: the architecture the export came from when the
-    provenance names it and the form still describes it exactly, else the form's native architecture."""
+    provenance names it and that architecture's own portable form (`Architecture.portable`) of the files'
+    tensors is exactly the imported form; else the form's native architecture (relu, topk, jumprelu, gated).
+    An inference threshold the same in every latent may be the original's scalar "threshold" buffer."""
     form, prov = imported.form, imported.provenance
     d, n = form.tensors["W_enc"].shape
     original = _original_config(prov, d, n)
-    tensors = dict(form.tensors)
-    if original is not None and original.architecture in UNIFORM_THRESHOLD and form.activation == "jumprelu":
-        threshold = tensors.pop("threshold")
-        if np.all(threshold == threshold[0]):
-            return original, tensors, {"threshold": np.float32(threshold[0])}, prov.get("hparams", {})
-        tensors["threshold"] = threshold
-    hparams = prov.get("hparams", {})
-    if original is not None and original.architecture == NATIVE[form.activation] and (
-            Dictionary(original, tensors, {}, hparams, {}).portable().k == form.k):
-        return original, tensors, {}, hparams
+    if original is not None:
+        hparams = prov.get("hparams", {})
+        candidates = [(dict(form.tensors), {})]
+        threshold = form.tensors.get("threshold")
+        if threshold is not None and np.all(threshold == threshold[0]):
+            candidates.append(({k: v for k, v in form.tensors.items() if k != "threshold"},
+                               {"threshold": np.float32(threshold[0])}))
+        for params, buffers in candidates:
+            if _same_form(Dictionary(original, params, buffers, hparams, {}), form):
+                return original, params, buffers, hparams
     k = {"k": form.k} if form.k is not None else {}
-    return SAEConfig(architecture=NATIVE[form.activation], d_model=int(d), n_latents=int(n), **k), tensors, {}, k
+    return (SAEConfig(architecture=form.activation, d_model=int(d), n_latents=int(n), **k), dict(form.tensors), {},
+            k)
+
+
+def _same_form(dictionary: Dictionary, form) -> bool:
+    try:
+        back = dictionary.portable()
+    except (ConfigError, DictionaryError, KeyError):
+        return False
+    return (back.activation, back.k, sorted(back.tensors)) == (form.activation, form.k, sorted(form.tensors)) and all(
+        np.array_equal(back.tensors[name], form.tensors[name]) for name in form.tensors)
 
 
 def _original_config(provenance: dict, d: int, n: int) -> SAEConfig | None:
