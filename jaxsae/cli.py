@@ -44,16 +44,21 @@ _GROUPS = {"store": "activation stores: info, verify, add-genes",
 
 
 def _verbs() -> dict[str, str]:
-    """{dotted verb name: help} of every verb, built-in or registered; a known extractor verb whose package is
-    not installed says how to install it."""
-    registered = entry_points(COMMANDS_GROUP)
-    plugins = {name: _PLUGIN_VERBS.get(name, name) for name in registered.keys() | _PLUGIN_VERBS.keys()}
-    for name in plugins:
-        try:
-            registered[name].load()
-        except (KeyError, ImportError):
-            plugins[name] += " (needs: pip install 'jaxsae[extract]')"
+    """{dotted verb name: help} of every verb, built-in or registered (entry points are listed, not loaded)."""
+    plugins = {name: _PLUGIN_VERBS.get(name, name) for name in entry_points(COMMANDS_GROUP).keys() | _PLUGIN_VERBS}
     return {**{name: text for name, (_, text) in _BUILTIN.items()}, **plugins}
+
+
+def _installed(name: str, text: str) -> str:
+    """A plugin verb's help, saying how to install it when its package cannot be imported (for the usage text
+    only: routing a verb never imports the other verbs' packages)."""
+    if name in _BUILTIN:
+        return text
+    try:
+        entry_points(COMMANDS_GROUP)[name].load()
+    except (KeyError, ImportError):
+        return f"{text} (needs: pip install 'jaxsae[extract]')"
+    return text
 
 
 def _runner(name: str) -> Runner:
@@ -73,7 +78,7 @@ def _missing_extract(prog: str) -> int:
 
 
 def _usage(prefix: str, verbs: dict[str, str]) -> str:
-    names = {n[len(prefix):].split(".")[0]: text for n, text in verbs.items() if n.startswith(prefix)}
+    names = {n[len(prefix):].split(".")[0]: _installed(n, text) for n, text in verbs.items() if n.startswith(prefix)}
     names.update({g: _GROUPS[g] for g in names if f"{prefix}{g}" in _GROUPS})
     lines = [f"usage: jaxsae {prefix.replace('.', ' ')}VERB [ARGS] (VERB --help for its arguments)", "",
              "Sparse autoencoders for single-cell model activations." if not prefix else _GROUPS[prefix[:-1]], "",
