@@ -38,7 +38,9 @@ _BUILTIN = {
 }
 # Verbs the extractor registers (COMMANDS_GROUP), with their help, also shown when it is not installed.
 _PLUGIN_VERBS = {"extract": "extract activations: AnnData + model folder -> activation stores",
-                 "store.add-genes": "write genes.tsv into a store extracted before gene tables existed"}
+                 "store.add-genes": "write genes.tsv into a store extracted before gene tables existed",
+                 "eval": "spliced evaluation: the model's own loss with the dictionary inside (loss recovered)",
+                 "intervene": "ablate or scale a feature inside the model: the genes it pushes up and down"}
 _GROUPS = {"store": "activation stores: info, verify, add-genes",
            "sweep": "sweeps of many dictionaries: plan, run, report, launch, run-pack, summary"}
 

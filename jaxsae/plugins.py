@@ -7,16 +7,22 @@ pyproject.toml instead, and jaxsae finds it with `importlib.metadata.entry_point
                                                     value: add_parser(subparsers) adding that verb
     [project.entry-points."jaxsae.promoted_genes"]  value: promoted_genes(model_dir, dictionary, store, *, top)
                                                     -> DataFrame (the genes each feature promotes)
+
+`jaxsae.analysis.intervene` is the `intervene` function of the module that the `intervene` verb's entry point
+names (the extractor's `extract.splice_cli`): the verb and the library call come from one registration, and
+that module imports torch only when the function runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 
 from jaxsae.errors import AnalysisError
 
 COMMANDS_GROUP = "jaxsae.commands"
 PROMOTED_GENES_GROUP = "jaxsae.promoted_genes"
+INTERVENE_VERB = "intervene"
 # Modules of the optional extras, and the extra that installs each (for `pip install 'jaxsae[EXTRA]'` hints).
 OPTIONAL_MODULES = {"torch": "extract", "transformers": "extract", "h5py": "extract", "scanpy": "analysis",
                     "anndata": "analysis", "matplotlib": "analysis", "tensorboardX": "tensorboard"}
@@ -39,13 +45,27 @@ def promoted_genes_function():
     `extract.heads.promoted_genes`). Raises AnalysisError naming the install command when no installed package
     registers one or its imports (torch) are missing."""
     registered = list(entry_points(PROMOTED_GENES_GROUP).values())
-    if not registered:
-        raise AnalysisError("model_dir (--model): listing the genes each feature promotes needs jaxsae's "
-                            "extractor, which is not installed: pip install 'jaxsae[extract]'")
+    return _load(lambda: registered[0].load() if registered else None,
+                 "model_dir (--model): listing the genes each feature promotes")
+
+
+def intervene_function():
+    """`intervene(model_dir, dictionary, adata, feature, scale, **options) -> DataFrame` of the module the
+    `intervene` verb's entry point names (see the module docstring); AnalysisError naming the install command
+    when the extractor is not installed."""
+    verb = entry_points(COMMANDS_GROUP).get(INTERVENE_VERB)
+    return _load(lambda: getattr(importlib.import_module(verb.module), "intervene") if verb else None,
+                 "intervene: running the model with a feature changed")
+
+
+def _load(load, what: str):
     try:
-        return registered[0].load()
+        function = load()
     except ModuleNotFoundError as e:
         hint = install_hint(e)
         if hint is None:
             raise
-        raise AnalysisError(f"model_dir (--model): listing the genes each feature promotes {hint}") from None
+        raise AnalysisError(f"{what} {hint}") from None
+    if function is None:
+        raise AnalysisError(f"{what} needs jaxsae's extractor, which is not installed: pip install 'jaxsae[extract]'")
+    return function

@@ -24,19 +24,31 @@ def new_geneformer_folder(folder: Path, config: PretrainConfig, n_tokens: int) -
 def geneformer_batch(model, sequences: list[np.ndarray], masks: list[np.ndarray]):
     """(input_ids, attention_mask, labels) with masked positions set to <mask> and labelled."""
     ids = pad(sequences, model.pad_token_id, torch.long)
-    masked = pad(masks, False, torch.bool)
+    inputs, labels = mask_genes(model, ids, pad(masks, False, torch.bool))
+    return inputs, (ids != model.pad_token_id).long(), labels
+
+
+def mask_genes(model, ids: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids, masked: [B, L] -> (inputs with <mask> at the masked positions, labels: the true token there and
+    -100 elsewhere)."""
     labels = torch.where(masked, ids, torch.full_like(ids, -100))
     inputs = torch.where(masked, torch.full_like(ids, model.dictionaries.token_ids["<mask>"]), ids)
-    return inputs, (ids != model.pad_token_id).long(), labels
+    return inputs, labels
+
+
+def masked_gene_logits(module, inputs: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[P, vocab] MLM-head logits at the P labelled positions (labels != -100), in row-major order of `labels`
+    ([B, L]); the head runs on those positions only."""
+    hidden = module.bert(input_ids=inputs, attention_mask=attention).last_hidden_state
+    return module.cls(hidden[labels != -100])
 
 
 def masked_gene_loss(module, inputs: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
                      reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the MLM head at the labelled positions only (labels -100 elsewhere); the same loss as
     BertForMaskedLM(labels=...), without the head's cost on the ~85% unlabelled tokens."""
-    hidden = module.bert(input_ids=inputs, attention_mask=attention).last_hidden_state
-    labelled = labels != -100
-    return torch.nn.functional.cross_entropy(module.cls(hidden[labelled]), labels[labelled], reduction=reduction)
+    logits = masked_gene_logits(module, inputs, attention, labels)
+    return torch.nn.functional.cross_entropy(logits, labels[labels != -100], reduction=reduction)
 
 
 def evaluate_geneformer(model, sequences: list[np.ndarray], cells: np.ndarray, config: PretrainConfig,

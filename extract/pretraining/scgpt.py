@@ -35,9 +35,10 @@ def new_scgpt_folder(folder: Path, config: PretrainConfig, n_tokens: int, pad_id
 
 
 def scgpt_outputs(module, ids: torch.Tensor, values: torch.Tensor, pad_id: int):
-    """(GEP prediction [B, L], MVC prediction [B, L]) of scGPT's expression and MVC heads."""
+    """(GEP prediction [B, L], MVC prediction [B, L] or None for a checkpoint without the MVC head) of scGPT's
+    expression and MVC heads."""
     out = module._encode(ids, values, ids == pad_id)
-    mvc = module.mvc_decoder(out[:, 0], module.encoder(ids))
+    mvc = module.mvc_decoder(out[:, 0], module.encoder(ids)) if hasattr(module, "mvc_decoder") else None
     return module.decoder(out), mvc
 
 

@@ -11,6 +11,7 @@ Public API (imported lazily; each name lives in the module named next to it):
     analyze(dictionary, store, out_dir, obs=...)           pipeline.py   `jaxsae analyze`: every table, on disk
     read_gmt(path), go_gene_sets(), enrich(...)            enrichment.py over-representation, BH FDR
     load_genes(store)                                      jaxsae.store.genes  token id -> gene table
+    intervene(model, dictionary, adata, feature, scale)    steering.py   a feature ablated/scaled in the model
 """
 
 from jaxsae.lazy import lazy_exports
@@ -28,6 +29,7 @@ _EXPORTS = {
     "GeneSets": "jaxsae.analysis.enrichment", "read_gmt": "jaxsae.analysis.enrichment",
     "go_gene_sets": "jaxsae.analysis.enrichment", "enrich": "jaxsae.analysis.enrichment",
     "load_genes": "jaxsae.store.genes",
+    "intervene": "jaxsae.analysis.steering",
     "AnalysisError": "jaxsae.errors",
 }
 
