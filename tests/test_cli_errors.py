@@ -61,10 +61,12 @@ def test_each_verb_refuses_bad_input_with_one_message_and_status_2(verb, tmp_pat
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("verb", ["extract", "store add-genes"])
+@pytest.mark.parametrize("verb", ["extract", "store add-genes", "eval", "intervene"])
 def test_the_extractor_verbs_without_pytorch_name_the_extra(verb, tmp_path):
     args = {"extract": [tmp_path / "cells.h5ad", tmp_path, tmp_path / "out"],
-            "store add-genes": [tmp_path, "--model", tmp_path]}[verb]
+            "store add-genes": [tmp_path, "--model", tmp_path],
+            "eval": [tmp_path, "--model", tmp_path, "--adata", tmp_path / "cells.h5ad"],
+            "intervene": [tmp_path, "--model", tmp_path, "--adata", tmp_path / "cells.h5ad", "--feature", "0"]}[verb]
     run = jaxsae_command(*verb.split(), *args, blocked=("torch",))
     assert_refused(run, f"`jaxsae {verb}` needs torch", "pip install 'jaxsae[extract]'")
 
@@ -91,10 +93,12 @@ def test_a_closed_pipe_is_not_a_crash(tmp_path):
 
 def test_the_extractor_registers_its_verbs_and_promoted_genes():
     from extract.heads import promoted_genes
-    from jaxsae.plugins import COMMANDS_GROUP, entry_points, promoted_genes_function
+    from extract.splice_cli import intervene
+    from jaxsae.plugins import COMMANDS_GROUP, entry_points, intervene_function, promoted_genes_function
 
-    assert {"extract", "store.add-genes"} <= entry_points(COMMANDS_GROUP).keys()
+    assert {"extract", "store.add-genes", "eval", "intervene"} <= entry_points(COMMANDS_GROUP).keys()
     assert promoted_genes_function() is promoted_genes
+    assert intervene_function() is intervene
 
 
 def test_promoted_genes_without_pytorch_is_refused_naming_the_extra():

@@ -44,6 +44,8 @@ SHRINK = [
     (r'("run_dir=runs/topk-py")\]', r'\1, "steps=30", "log_every=10"]'),
     (r"^(\.venv/bin/python experiments/quickstart\.py --model .*?)(\s+#.*)?$", r"\1 --steps 20 --out runs/qs\2"),
     (r"topk-layer2-n1024-k16-steps1000", "topk-layer2-n1024-k16-steps20"),  # the demo's run, trained 20 steps
+    (r"\.cache/demo/pbmc68k_", "runs/demo-cache/pbmc68k_"),  # where the README's `make demo` caches the demo
+    (r"^(jaxsae (?:eval|intervene) .*?)--cells 200", r"\1--cells 8"),
     (r"experiments/configs/sweep_topk\.toml", "fixtures/sweep_topk.toml"),  # the same spec, 20 steps
     (r"^(\.venv/bin/python experiments/bench_train\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --d 32 --n 512 --k 8 --batch 256 --repeats 1\3"),
