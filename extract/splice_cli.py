@@ -114,10 +114,3 @@ def run_intervene(argv: Sequence[str], prog: str) -> int:
         print(f"written: {args.out}")
     return 0
 
-
-def intervene(model_dir, dictionary, adata, feature, scale: float = 0.0, **options):
-    """`extract.intervene.intervene`, imported when called: `jaxsae.analysis.intervene` reaches it through this
-    module, the one the `intervene` verb's entry point names (so routing a verb still imports no torch)."""
-    from extract.intervene import intervene as run
-
-    return run(model_dir, dictionary, adata, feature, scale, **options)

@@ -1,28 +1,25 @@
-"""What other packages add to jaxsae through entry points: CLI verbs and the promoted-genes hook of analysis.
+"""What other packages add to jaxsae through entry points: CLI verbs and the analysis hooks that need a model.
 
 jaxsae never imports the extractor by name (DESIGN.md, rooms); the `extract` package registers itself in
 pyproject.toml instead, and jaxsae finds it with `importlib.metadata.entry_points`:
 
     [project.entry-points."jaxsae.commands"]        name: the verb path ("extract", "store.add-genes");
-                                                    value: add_parser(subparsers) adding that verb
+                                                    value: run(argv, prog) -> exit status
     [project.entry-points."jaxsae.promoted_genes"]  value: promoted_genes(model_dir, dictionary, store, *, top)
                                                     -> DataFrame (the genes each feature promotes)
-
-`jaxsae.analysis.intervene` is the `intervene` function of the module that the `intervene` verb's entry point
-names (the extractor's `extract.splice_cli`): the verb and the library call come from one registration, and
-that module imports torch only when the function runs.
+    [project.entry-points."jaxsae.intervene"]       value: intervene(model_dir, dictionary, adata, feature,
+                                                    scale, **options) -> DataFrame (`jaxsae.analysis.intervene`)
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 
 from jaxsae.errors import AnalysisError
 
 COMMANDS_GROUP = "jaxsae.commands"
 PROMOTED_GENES_GROUP = "jaxsae.promoted_genes"
-INTERVENE_VERB = "intervene"
+INTERVENE_GROUP = "jaxsae.intervene"
 # Modules of the optional extras, and the extra that installs each (for `pip install 'jaxsae[EXTRA]'` hints).
 OPTIONAL_MODULES = {"torch": "extract", "transformers": "extract", "h5py": "extract", "scanpy": "analysis",
                     "anndata": "analysis", "matplotlib": "analysis", "tensorboardX": "tensorboard"}
@@ -50,11 +47,11 @@ def promoted_genes_function():
 
 
 def intervene_function():
-    """`intervene(model_dir, dictionary, adata, feature, scale, **options) -> DataFrame` of the module the
-    `intervene` verb's entry point names (see the module docstring); AnalysisError naming the install command
-    when the extractor is not installed."""
-    verb = entry_points(COMMANDS_GROUP).get(INTERVENE_VERB)
-    return _load(lambda: getattr(importlib.import_module(verb.module), "intervene") if verb else None,
+    """The registered `intervene(model_dir, dictionary, adata, feature, scale, **options) -> DataFrame` (the
+    extractor's `extract.intervene.intervene`); AnalysisError naming the install command when the extractor is
+    not installed."""
+    registered = list(entry_points(INTERVENE_GROUP).values())
+    return _load(lambda: registered[0].load() if registered else None,
                  "intervene: running the model with a feature changed")
 
 

@@ -93,7 +93,7 @@ def test_a_closed_pipe_is_not_a_crash(tmp_path):
 
 def test_the_extractor_registers_its_verbs_and_promoted_genes():
     from extract.heads import promoted_genes
-    from extract.splice_cli import intervene
+    from extract.intervene import intervene
     from jaxsae.plugins import COMMANDS_GROUP, entry_points, intervene_function, promoted_genes_function
 
     assert {"extract", "store.add-genes", "eval", "intervene"} <= entry_points(COMMANDS_GROUP).keys()
