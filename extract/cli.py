@@ -40,7 +40,8 @@ class Extract:
     per layer and kind. Rerunning the same command resumes an interrupted run."""
 
     adata: Annotated[str, Positional, tyro.conf.arg(metavar="ADATA")]
-    """.h5ad file with raw integer counts."""
+    """.h5ad file with raw integer counts, or many: a folder of .h5ad files, a quoted glob ('atlas/*.h5ad') or a
+    text file listing one path per line; read as one dataset in that order (files must share their genes)."""
     model: Annotated[str, Positional, tyro.conf.arg(metavar="MODEL")]
     """Model folder (Geneformer: config.json + weights + dictionaries; scGPT: args.json, vocab.json,
     best_model.pt)."""
