@@ -18,6 +18,8 @@ Output folder:
     out_dir/skipped_cells.json     cells with no expressed model gene (skipped, with a logged notice)
     out_dir/extract.lock           while an extraction runs: its pid, host and token (one extraction per out_dir)
     out_dir/extraction.json        written last, when every store is complete: {"complete": true, ...}
+With workers (--worker i/N, SLURM arrays, torchrun) each {kind} folder is a dataset of part stores instead
+(extract.parts): layer_{L}/{kind}/dataset.json + part-{i:04d}-of-{N:04d}/, and no extraction.json.
 Every store's manifest `source` holds the model, checkpoint sha256, layer, kind, tokeniser settings and the
 AnnData file's sha256 (plus the model and AnnData paths, for people only); rows carry cell_index (AnnData
 row; with several files the global cell), token_id (model token) and position (in the model input, special
@@ -33,7 +35,9 @@ window, cells are sorted by length (longest first, ties by row) into batches, wh
 each window every store commits, in a fixed order, with progress {"cells_done": end of window,
 "cells_total": cells in the AnnData} (a store with cells_done < cells_total is incomplete). A rerun
 opens the stores, restarts at the smallest cells_done, and appends to each store only the windows it has
-not committed, so an interrupted run ends identical to an uninterrupted one (no duplicates, no gaps).
+not committed, so an interrupted run ends identical to an uninterrupted one (no duplicates, no gaps). A
+worker does the same over its own cells [first, stop): progress {"cells_done", "cells_total": stop, "part",
+"cells_first": first}.
 """
 
 from __future__ import annotations
@@ -49,10 +53,12 @@ from extract.counts import CountSources
 from extract.errors import ExtractError
 from extract.inputs import file_identity, resolve_inputs
 from extract.models import load_model
+from extract.parts import Worker, finish_dataset, join_dataset, partition, resolve_worker
 from extract.windows import Stores, run_windows
 from jaxsae.atomic import write_atomic
 from jaxsae.differences import differences
 from jaxsae.store import FolderLock, StoreError, StoreWriteError
+from jaxsae.store.genes import write_genes
 from jaxsae.store.manifest import obs_names_sha256, read_manifest
 
 INDEX_FILE = "extraction.json"
@@ -68,12 +74,14 @@ log = logging.getLogger("jaxsae.extract")
 
 
 class ExtractionLock(FolderLock):
-    """`<out_dir>/extract.lock`: one extraction per output folder; a second one gets an ExtractError."""
+    """`<out_dir>/extract.lock` (a worker: `extract.part-0003-of-0008.lock`): one extraction (or worker i) per
+    output folder; a second one gets an ExtractError."""
 
     locked_error = ExtractError
 
-    def __init__(self, out_dir: Path):
-        super().__init__(out_dir, LOCK_FILE, "extraction", field="out_dir")
+    def __init__(self, out_dir: Path, worker: Worker | None = None):
+        name = LOCK_FILE if worker is None else f"extract.{worker.name}.lock"
+        super().__init__(out_dir, name, "extraction" if worker is None else "extraction worker", field="out_dir")
 
 
 def store_paths(out_dir: Path, layers: list[int], kinds: list[str]) -> dict[tuple[int, str], Path]:
@@ -181,28 +189,44 @@ def extract(
                            "include_special_tokens": config.include_special_tokens,
                            "compute_dtype": config.compute_dtype},
         }
-        paths = store_paths(out_dir, layers, kinds)
-        sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in paths}
+        worker = resolve_worker(config.worker)
+        datasets = store_paths(out_dir, layers, kinds)  # with workers: dataset folders, holding the parts
+        sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in datasets}
+        cells, part_progress, paths = range(source.n_cells), {}, datasets
+        if worker is not None:
+            bounds = partition(np.where(n_expressed > 0, n_tokens, 0), config.cells_per_commit, worker.count)
+            cells = range(int(bounds[worker.index]), int(bounds[worker.index + 1]))
+            part_progress = {"part": worker.name, "cells_first": cells.start}
+            paths = {key: folder / worker.name for key, folder in datasets.items()}
         result = {layer: paths[(layer, "tokens")] for layer in layers}
-        with ExtractionLock(out_dir):
+        with ExtractionLock(out_dir, worker):
             if not config.overwrite:
                 check_existing(out_dir, paths, sources, common)
-                if _finished(out_dir, layers, kinds):
+                if worker is None and _finished(out_dir, layers, kinds):
                     return result
+            if worker is not None:
+                join_dataset(out_dir, datasets, sources, bounds, worker, NOT_COMPARED)
             if len(skipped):
                 log.warning(f"skipping {len(skipped)} of {source.n_cells} cells with no expressed model gene "
                             f"(listed in {out_dir / SKIPPED_FILE})")
             try:
-                (out_dir / INDEX_FILE).unlink(missing_ok=True)
+                if worker is None:
+                    (out_dir / INDEX_FILE).unlink(missing_ok=True)
                 write_atomic(out_dir / SKIPPED_FILE, json.dumps({"reason": "no expressed model gene",
                                                                  "cell_index": skipped.tolist()}, indent=2))
-                stores = Stores(paths, sources, model.d_model, config, range(source.n_cells), model.gene_table(), {})
+                genes = model.gene_table()
+                stores = Stores(paths, sources, model.d_model, config, cells, genes, part_progress)
                 run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
                 stores.close()
-                write_atomic(out_dir / INDEX_FILE, json.dumps({
-                    "complete": True, "layers": layers, "kinds": kinds, "source": common,
-                    "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
-                }, indent=2, default=str))
+                if worker is not None:
+                    for folder in datasets.values():
+                        write_genes(folder, genes)  # the dataset's own table, for readers of the whole dataset
+                    finish_dataset(out_dir, datasets)
+                else:
+                    write_atomic(out_dir / INDEX_FILE, json.dumps({
+                        "complete": True, "layers": layers, "kinds": kinds, "source": common,
+                        "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
+                    }, indent=2, default=str))
             except (OSError, StoreWriteError) as err:
                 reason = err.reason if isinstance(err, StoreWriteError) else str(err)
                 raise ExtractError(
