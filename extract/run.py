@@ -155,7 +155,8 @@ def extract(
     list of paths (extract.inputs.resolve_inputs), read as one matrix in file order. model_path: a Geneformer
     or scGPT model folder. layers: block indices (layer L = residual stream after block L; negative counts
     from the end). options: fields of `ExtractConfig` (or pass `config`; `worker="i/N"` writes part i of a
-    dataset, extract.parts). Returns {layer: path of its token store} (a worker: its part of the token dataset). Reruns with the same inputs (matched by content, not path) resume an interrupted extraction; a
+    dataset, extract.parts). Returns {layer: path of its token store} (a worker: its part of the token
+    dataset). Reruns with the same inputs (matched by content, not path) resume an interrupted extraction; a
     finished one is returned as is. Raises ExtractError before writing anything when an input cannot work
     (naming the file), when out_dir holds another extraction, or when another extraction is running there; a
     failed write (e.g. a full disk) is an ExtractError too, and the stores keep their last commit for the rerun.
