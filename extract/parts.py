@@ -30,10 +30,10 @@ import numpy as np
 from extract.errors import ExtractError
 from jaxsae.atomic import write_atomic
 from jaxsae.differences import differences
+from jaxsae.store.dataset import DATASET_FILE
 from jaxsae.store.lock import folder_flock
 from jaxsae.store.manifest import read_manifest
 
-DATASET_FILE = "dataset.json"
 DATASET_FORMAT = "jaxsae dataset"
 # (index variable, count variable, first index variable or None): SLURM job arrays, then torchrun
 WORKER_ENVIRONMENTS = (("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),

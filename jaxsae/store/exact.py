@@ -8,8 +8,9 @@ float64 statistics are that total correctly rounded (`math.fsum`). An extraction
 cells, so a store and the parts it is cut into at window boundaries sum the same per-window float64 values,
 and the exact totals, hence the rounded statistics, are bitwise equal however the windows were split.
 
-PERFORMANCE: per commit, one expansion update per dimension (a few float operations each); the per-row work is
-the writer's float64 einsum, unchanged.
+PERFORMANCE: per commit, one expansion update per dimension in Python (7.8 ms per commit at d = 1,152, i.e. ~90
+us per cell for a Geneformer V2 layer's three stores at 256 cells per commit); the per-row work is the writer's
+float64 einsum, unchanged.
 """
 
 from __future__ import annotations

@@ -57,8 +57,7 @@ class NormStats:
     def plus(self, count: int, row_sum: np.ndarray, sum_sq_norm: float) -> NormStats:
         """These statistics with `count` more rows whose float64 sums are `row_sum: [d]` and `sum_sq_norm`
         (added exactly)."""
-        sums = self.exact_sum if self.exact_sum is not None else tuple((v,) for v in self.sum)
-        sq = self.exact_sum_sq_norm if self.exact_sum_sq_norm is not None else (self.sum_sq_norm,)
+        sums, sq = self.expansions()
         return NormStats.from_exact(self.count + int(count), tuple(exact.grow(p, (v,)) for p, v in zip(sums, row_sum)),
                                     exact.grow(sq, (sum_sq_norm,)))
 
@@ -68,12 +67,18 @@ class NormStats:
         float64 sums (e.g. an extraction cut into parts at window boundaries), for parts with exact sums."""
         total = cls.zeros(len(parts[0].sum))
         for part in parts:
-            sums = part.exact_sum if part.exact_sum is not None else tuple((v,) for v in part.sum)
-            sq = part.exact_sum_sq_norm if part.exact_sum_sq_norm is not None else (part.sum_sq_norm,)
+            sums, sq = part.expansions()
             total = cls.from_exact(total.count + part.count,
                                    tuple(exact.grow(a, b) for a, b in zip(total.exact_sum, sums)),
                                    exact.grow(total.exact_sum_sq_norm, sq))
         return total
+
+    def expansions(self) -> tuple[tuple[Expansion, ...], Expansion]:
+        """(per-dimension sums, sum of squared norms) as expansions; a store written before exact sums gives
+        its float sums (so it continues exactly from them)."""
+        if self.exact_sum is not None:
+            return self.exact_sum, self.exact_sum_sq_norm
+        return tuple((v,) for v in self.sum), (self.sum_sq_norm,)
 
     def _require_rows(self) -> None:
         if self.count == 0:
