@@ -31,8 +31,9 @@ import torch
 
 from extract.counts import CountSource
 from extract.models import load_model
-import extract.run as extract_run
-from extract.run import ExtractConfig, extract, forward_batch, make_batch
+import extract.windows as extract_windows
+from extract.run import ExtractConfig, extract
+from extract.windows import forward_batch, make_batch
 from extract.testing import write_counts_h5ad, write_geneformer_folder
 
 
@@ -119,7 +120,7 @@ def main() -> None:
             in_forward[0] += time.perf_counter() - started
             return hidden
 
-        extract_run.forward_batch = timed_forward  # measures the forward share inside extraction runs
+        extract_windows.forward_batch = timed_forward  # measures the forward share inside extraction runs
         forward_times, whole_times, extract_times, outside_share = [], [], [], []
         for repeat in range(args.repeats):  # interleaved, so load from other processes hits both sides alike
             with blocks_up_to(model, max(layers) % args.n_layers):

@@ -40,7 +40,8 @@ class Extract:
     per layer and kind. Rerunning the same command resumes an interrupted run."""
 
     adata: Annotated[str, Positional, tyro.conf.arg(metavar="ADATA")]
-    """.h5ad file with raw integer counts."""
+    """.h5ad file with raw integer counts, or many: a folder of .h5ad files, a quoted glob ('atlas/*.h5ad') or a
+    text file listing one path per line; read as one dataset in that order (files must share their genes)."""
     model: Annotated[str, Positional, tyro.conf.arg(metavar="MODEL")]
     """Model folder (Geneformer: config.json + weights + dictionaries; scGPT: args.json, vocab.json,
     best_model.pt)."""
@@ -60,8 +61,12 @@ def run_extract(argv: Sequence[str], prog: str) -> int:
 
     stores = extract(args.adata, args.model, args.out_dir, layers=list(args.layers), config=args.config)
     for layer, token_store in stores.items():
-        for path in sorted(p for p in token_store.parent.iterdir() if (p / "manifest.json").is_file()):
-            print(f"layer {layer} {path.name:<9} {path}  ({open_store(path).n_rows:,} rows)")
+        part = token_store.name if token_store.name.startswith("part-") else None  # a worker's part store
+        layer_dir = token_store.parent.parent if part else token_store.parent
+        for kind in sorted(p.name for p in layer_dir.iterdir() if p.is_dir()):
+            path = layer_dir / kind / part if part else layer_dir / kind
+            if (path / "manifest.json").is_file():
+                print(f"layer {layer} {kind:<9} {path}  ({open_store(path).n_rows:,} rows)")
     return 0
 
 

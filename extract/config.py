@@ -43,6 +43,10 @@ class ExtractConfig:
     """Replace stores that hold a different extraction."""
     progress_bar: bool = True
     """Show a progress bar."""
+    worker: str | None = None
+    """i/N: be worker i (0-based) of N writing one dataset together, each the part of the cells balanced by
+    token count (default: from SLURM_ARRAY_TASK_ID/COUNT or torchrun's RANK/WORLD_SIZE when they name more than
+    one worker; else one process)."""
     model_input_size: int | None = None
     """Geneformer input length (default: the model's max_position_embeddings)."""
     max_seq_len: int | None = None
@@ -84,6 +88,10 @@ class ExtractConfig:
                 raise ExtractError(f"{name} must be an integer >= 0, found {value!r}")
         if self.duplicate_genes not in DUPLICATE_POLICIES:
             raise ExtractError(f"duplicate_genes must be one of {DUPLICATE_POLICIES}, found {self.duplicate_genes!r}")
+        if self.worker is not None:
+            from extract.parts import parse_worker
+
+            parse_worker(self.worker)
         if not (self.n_hvg in ("args", None) or (isinstance(self.n_hvg, int) and self.n_hvg > 0)):
             raise ExtractError(f"n_hvg must be 'args', None or a positive integer, found {self.n_hvg!r}")
 

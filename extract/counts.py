@@ -1,4 +1,4 @@
-"""Raw counts from an .h5ad file, read in row blocks without loading the matrix (backed access via h5py)."""
+"""Raw counts from .h5ad files, read in row blocks without loading a matrix (backed access via h5py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from extract.errors import ExtractError
-from extract.tokenize.genes import as_count_rows
-from jaxsae.store.manifest import sha256_file  # noqa: F401 - re-exported: extract.run and tests import it here
+from extract.tokenize.genes import as_count_rows, var_column
 
 
 class CountSource:
@@ -76,3 +75,85 @@ class CountSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class CountSources:
+    """Several .h5ad files read as one count matrix: global cell g is row g - first_cell[f] of file f.
+
+    paths: the files in global cell order (see `extract.inputs.resolve_inputs`). Every file must have the same
+    genes (var index, and the gene column the tokeniser reads) in the same order: files that differ are
+    REFUSED, not aligned (a silent outer join would feed zeros for genes a file never measured). Each file is
+    opened once here (shape, var) and then one at a time as rows are read, so only one block of rows is in
+    memory. `var` is the (shared) var of the first file.
+    """
+
+    def __init__(self, paths: list[Path], counts_layer: str | None = None, gene_column: str | None = None):
+        self.paths = list(paths)
+        self.counts_layer = counts_layer or "X"
+        n_cells = []
+        for path in self.paths:
+            with CountSource(path, counts_layer) as source:
+                if not n_cells:
+                    self.var = source.var
+                else:
+                    _check_same_genes(self.paths[0], self.var, path, source.var, gene_column)
+                n_cells.append(source.n_cells)
+        self.first_cell = np.concatenate([[0], np.cumsum(n_cells)]).astype(np.int64)  # [n_files + 1]
+        self.n_cells = int(self.first_cell[-1])
+        self._open: tuple[int, CountSource] | None = None
+
+    @property
+    def name(self) -> str:
+        """The file, or "N files (first .. last)", for messages."""
+        if len(self.paths) == 1:
+            return str(self.paths[0])
+        return f"{len(self.paths)} files ({self.paths[0]} .. {self.paths[-1]})"
+
+    def file(self, index: int) -> CountSource:
+        """File `index`, opened (the previously opened one is closed)."""
+        if self._open is None or self._open[0] != index:
+            self.close()
+            self._open = (index, CountSource(self.paths[index], self.counts_layer))
+        return self._open[1]
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """[stop - start, n_var] float64 CSR counts of global cells [start, stop) (across file boundaries)."""
+        blocks = []
+        first = int(np.searchsorted(self.first_cell, start, side="right")) - 1
+        for f in range(first, len(self.paths)):
+            lo, hi = max(start, self.first_cell[f]), min(stop, self.first_cell[f + 1])
+            if lo >= stop:
+                break
+            if hi > lo:
+                blocks.append(self.file(f).rows(int(lo - self.first_cell[f]), int(hi - self.first_cell[f])))
+        return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def __enter__(self) -> CountSources:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_same_genes(first: Path, first_var: pd.DataFrame, path: Path, var: pd.DataFrame,
+                      gene_column: str | None) -> None:
+    """Refuse (ExtractError) a file whose genes differ from the first file's."""
+    columns = [None] + [c for c in sorted({gene_column, "ensembl_id"} - {None, "index"}) if c in first_var.columns]
+    for column in columns:
+        expected, label = var_column(first_var, column)
+        found, _ = var_column(var, column) if column is None or column in var.columns else ([], label)
+        if found != expected:
+            where = next((j for j, (a, b) in enumerate(zip(found, expected)) if a != b), min(len(found),
+                                                                                             len(expected)))
+            shown = f"{label}[{where}] is {found[where]!r}, {first} has {expected[where]!r}" \
+                if where < min(len(found), len(expected)) else f"{len(found)} genes, {first} has {len(expected)}"
+            raise ExtractError(
+                f"{path}: its genes differ from the first file's ({shown}); files with different gene sets are "
+                "refused, not aligned; write every file with the same var (e.g. reindex each AnnData to one "
+                "shared gene list, filling zeros, before writing) or extract them separately"
+            )

@@ -1,4 +1,9 @@
-"""Extraction: AnnData of raw counts + model folder -> activation stores (one per layer and kind).
+"""Extraction: AnnData of raw counts (one .h5ad or many) + model folder -> activation stores (one per layer
+and kind).
+
+Inputs: one .h5ad, a folder, a glob or a list file (extract.inputs); several files are read as one matrix,
+rows in file order (global cell g = first_cell of its file + its row there), each file in backed mode, one
+block of rows at a time; files with different genes are refused (extract.counts.CountSources).
 
 Output folder:
     out_dir/layer_{L}/tokens/      one row per gene token of every cell (plus <cls>/<eos> rows with
@@ -13,9 +18,13 @@ Output folder:
     out_dir/skipped_cells.json     cells with no expressed model gene (skipped, with a logged notice)
     out_dir/extract.lock           while an extraction runs: its pid, host and token (one extraction per out_dir)
     out_dir/extraction.json        written last, when every store is complete: {"complete": true, ...}
+With workers (--worker i/N, SLURM arrays, torchrun) each {kind} folder is a dataset of part stores instead
+(extract.parts): layer_{L}/{kind}/dataset.json + part-{i:04d}-of-{N:04d}/, and no extraction.json.
 Every store's manifest `source` holds the model, checkpoint sha256, layer, kind, tokeniser settings and the
 AnnData file's sha256 (plus the model and AnnData paths, for people only); rows carry cell_index (AnnData
-row), token_id (model token) and position (in the model input, special tokens counted).
+row; with several files the global cell), token_id (model token) and position (in the model input, special
+tokens counted). With several files `source["adata"]["files"]` lists each file's identity (extract.inputs),
+n_cells and first_cell, so a global cell maps back to (file, row) (`extract.inputs.locate_cells`).
 
 Reuse and refusal: an existing output is matched by content (checkpoint sha256, AnnData sha256, tokeniser
 and extraction settings), never by how a path is spelled. One that differs is refused before anything on disk
@@ -26,30 +35,29 @@ window, cells are sorted by length (longest first, ties by row) into batches, wh
 each window every store commits, in a fixed order, with progress {"cells_done": end of window,
 "cells_total": cells in the AnnData} (a store with cells_done < cells_total is incomplete). A rerun
 opens the stores, restarts at the smallest cells_done, and appends to each store only the windows it has
-not committed, so an interrupted run ends identical to an uninterrupted one (no duplicates, no gaps).
+not committed, so an interrupted run ends identical to an uninterrupted one (no duplicates, no gaps). A
+worker does the same over its own cells [first, stop): progress {"cells_done", "cells_total": stop, "part",
+"cells_first": first}.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
 from extract.config import ExtractConfig
-from extract.counts import CountSource, sha256_file
+from extract.counts import CountSources
 from extract.errors import ExtractError
-from extract.models import ExtractModel, load_model
-from extract.tokenize.genes import TokenizedCells
+from extract.inputs import file_identity, resolve_inputs
+from extract.models import load_model
+from extract.parts import Worker, finish_dataset, join_dataset, partition, resolve_worker
+from extract.windows import Stores, run_windows
 from jaxsae.atomic import write_atomic
 from jaxsae.differences import differences
-from jaxsae.store import FolderLock, StoreError, StoreWriteError, StoreWriter
+from jaxsae.store import FolderLock, StoreError, StoreWriteError
 from jaxsae.store.genes import write_genes
 from jaxsae.store.manifest import obs_names_sha256, read_manifest
 
@@ -57,7 +65,8 @@ INDEX_FILE = "extraction.json"
 SKIPPED_FILE = "skipped_cells.json"
 LOCK_FILE = "extract.lock"
 SCAN_ROWS = 4096  # cells per block in the validation pass
-PATH_FIELDS = ("model_dir", "adata.path")  # recorded for people, never compared: outputs match by content
+# recorded for people, never compared: outputs match by content
+PATH_FIELDS = ("model_dir", "adata.path", "adata.paths")
 # Derived from fields that are compared (adata.sha256), and absent from outputs written before it was recorded.
 DERIVED_FIELDS = ("adata.obs_names_sha256",)
 NOT_COMPARED = PATH_FIELDS + DERIVED_FIELDS
@@ -65,48 +74,14 @@ log = logging.getLogger("jaxsae.extract")
 
 
 class ExtractionLock(FolderLock):
-    """`<out_dir>/extract.lock`: one extraction per output folder; a second one gets an ExtractError."""
+    """`<out_dir>/extract.lock` (a worker: `extract.part-0003-of-0008.lock`): one extraction (or worker i) per
+    output folder; a second one gets an ExtractError."""
 
     locked_error = ExtractError
 
-    def __init__(self, out_dir: Path):
-        super().__init__(out_dir, LOCK_FILE, "extraction", field="out_dir")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Padded model inputs of a few cells and which positions become token rows.
-
-    input_ids: [B, L] int64; values: [B, L] float32 or None; attention_mask: [B, L] bool; token_rows:
-    [B, L] bool positions written to the token stores; gene_mask: [B, L] bool gene positions (mean pooling);
-    cell_index: [B] int64 AnnData rows.
-    """
-
-    input_ids: np.ndarray
-    values: np.ndarray | None
-    attention_mask: np.ndarray
-    token_rows: np.ndarray
-    gene_mask: np.ndarray
-    cell_index: np.ndarray
-
-
-def make_batch(tokens: TokenizedCells, members: np.ndarray, cell_index: np.ndarray, pad_id: int, pad_value: float,
-               include_special_tokens: bool) -> Batch:
-    """Pad the tokenised cells `members` (indices into `tokens`) into one batch."""
-    lengths = [len(tokens.input_ids[m]) for m in members]
-    shape = (len(members), max(lengths))
-    input_ids = np.full(shape, pad_id, np.int64)
-    values = np.full(shape, pad_value, np.float32) if tokens.values is not None else None
-    attention_mask = np.zeros(shape, bool)
-    gene_mask = np.zeros(shape, bool)
-    for row, (m, n) in enumerate(zip(members, lengths)):
-        input_ids[row, :n] = tokens.input_ids[m]
-        if values is not None:
-            values[row, :n] = tokens.values[m]
-        attention_mask[row, :n] = True
-        gene_mask[row, tokens.n_prefix : n - tokens.n_suffix] = True
-    token_rows = attention_mask if include_special_tokens else gene_mask
-    return Batch(input_ids, values, attention_mask, token_rows, gene_mask, cell_index[members])
+    def __init__(self, out_dir: Path, worker: Worker | None = None):
+        name = LOCK_FILE if worker is None else f"extract.{worker.name}.lock"
+        super().__init__(out_dir, name, "extraction" if worker is None else "extraction worker", field="out_dir")
 
 
 def store_paths(out_dir: Path, layers: list[int], kinds: list[str]) -> dict[tuple[int, str], Path]:
@@ -114,7 +89,7 @@ def store_paths(out_dir: Path, layers: list[int], kinds: list[str]) -> dict[tupl
     return {(layer, kind): out_dir / f"layer_{layer}" / kind for layer in layers for kind in kinds}
 
 
-def scan_counts(source: CountSource, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def scan_counts(source: CountSources, tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """One pass over the matrix: refuse non-counts, and return per cell ([n_cells] int64 each) the sequence
     length in gene tokens and the number of expressed model genes."""
     n_tokens = np.zeros(source.n_cells, np.int64)
@@ -126,10 +101,10 @@ def scan_counts(source: CountSource, tokenizer) -> tuple[np.ndarray, np.ndarray]
         n_tokens[start : start + counts.shape[0]] = tokenizer.n_genes(counts)
         n_expressed[start : start + counts.shape[0]] = tokenizer.plan.n_expressed(counts)
     if not any_counts:
-        raise ExtractError(f"{source.path}: the count matrix ({source.counts_layer}) is all zeros: no counts")
+        raise ExtractError(f"{source.name}: the count matrix ({source.counts_layer}) is all zeros: no counts")
     if not n_expressed.any():
         raise ExtractError(
-            f"{source.path}: no cell expresses any of the {tokenizer.plan.n_genes} genes the model knows; check "
+            f"{source.name}: no cell expresses any of the {tokenizer.plan.n_genes} genes the model knows; check "
             "gene_column and counts_layer"
         )
     return n_tokens, n_expressed
@@ -166,84 +141,6 @@ def check_existing(out_dir: Path, paths: dict, sources: dict, common: dict) -> N
             raise _refuse(path, diffs)
 
 
-class _Stores:
-    """The writers of one extraction, opened (resume) or created, and how far each one has committed.
-
-    Each store's gene table (`genes.tsv`, the model's token id -> gene table) is written before its writer
-    is created or opened, so it lands before the commit that makes the store complete."""
-
-    def __init__(self, paths: dict, sources: dict, d_model: int, config: ExtractConfig, n_cells: int,
-                 genes: pd.DataFrame):
-        self.n_cells = n_cells
-        self.writers = {}
-        self.cells_done = {}
-        for key, path in paths.items():
-            write_genes(path, genes)
-            if (path / "manifest.json").is_file() and not config.overwrite:
-                writer = StoreWriter.open(path)
-            else:
-                writer = StoreWriter.create(
-                    path, d_model=d_model, dtype=config.store_dtype, shard_rows=config.shard_rows,
-                    chunk_rows=config.chunk_rows, source=sources[key], overwrite=True,
-                    progress=self.progress(0),
-                )
-            self.writers[key] = writer
-            self.cells_done[key] = int(writer.progress.get("cells_done", 0))
-
-    def progress(self, cells_done: int) -> dict:
-        return {"cells_done": cells_done, "cells_total": self.n_cells}
-
-    def commit(self, cells_done: int) -> None:
-        for key, writer in self.writers.items():  # fixed order: dict order of store_paths
-            if self.cells_done[key] < cells_done:
-                writer.commit(progress=self.progress(cells_done))
-                self.cells_done[key] = cells_done
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-
-
-def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: ExtractConfig) -> dict[int, torch.Tensor]:
-    """{layer: [B, L, d] hidden states} of one batch (residual stream after each requested block; the blocks
-    after the deepest requested one are not run)."""
-    device = model.device
-    ids = torch.from_numpy(batch.input_ids).to(device)
-    mask = torch.from_numpy(batch.attention_mask).to(device)
-    values = torch.from_numpy(batch.values).to(device) if batch.values is not None else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == "bfloat16")
-    with torch.inference_mode(), autocast:
-        return model.hidden_states(ids, values, mask, layers)
-
-
-def write_batch(stores: _Stores, batch: Batch, hidden: dict[int, torch.Tensor], window_end: int, has_cls: bool) -> None:
-    """Append the batch's token rows and cell embeddings to every store that still needs this window."""
-    rows_b, rows_pos = np.nonzero(batch.token_rows)
-    token_meta = {
-        "cell_index": batch.cell_index[rows_b],
-        "token_id": batch.input_ids[rows_b, rows_pos],
-        "position": rows_pos.astype(np.int64),
-    }
-    n_cells = len(batch.cell_index)
-    cell_meta = {"cell_index": batch.cell_index}
-    cls_meta = {**cell_meta, "token_id": batch.input_ids[:, 0], "position": np.zeros(n_cells, np.int64)}
-    pool = (batch.gene_mask / batch.gene_mask.sum(1, keepdims=True)).astype(np.float32)  # [B, L] pooling weights
-    for layer in sorted({layer for layer, _ in stores.writers}):
-        pending = [kind for (lyr, kind) in stores.writers if lyr == layer
-                   and stores.cells_done[(lyr, kind)] < window_end and (kind != "cell_cls" or has_cls)]
-        if not pending:
-            continue
-        states = hidden[layer].float().cpu().numpy()  # [B, L, d]; one device->host copy per layer
-        for kind in pending:
-            writer = stores.writers[(layer, kind)]
-            if kind == "tokens":
-                writer.append(states[rows_b, rows_pos], **token_meta)
-            elif kind == "cell_mean":
-                writer.append(np.einsum("bl,bld->bd", pool, states), **cell_meta)
-            else:
-                writer.append(states[:, 0], **cls_meta)
-
-
 def extract(
     adata_path: str | Path,
     model_path: str | Path,
@@ -254,13 +151,15 @@ def extract(
 ) -> dict[int, Path]:
     """Extract activations of `layers` for every cell of `adata_path` into stores under `out_dir`.
 
-    adata_path: .h5ad with raw integer counts. model_path: a Geneformer or scGPT model folder. layers:
-    block indices (layer L = residual stream after block L; negative counts from the end). options: fields
-    of `ExtractConfig` (or pass `config`). Returns {layer: path of its token store}. Reruns with the same
-    inputs (matched by content, not path) resume an interrupted extraction; a finished one is returned as is.
-    Raises ExtractError before writing anything when the input cannot work, when out_dir holds another
-    extraction, or when another extraction is running there; a failed write (e.g. a full disk) is an
-    ExtractError too, and the stores keep their last commit for the rerun.
+    adata_path: .h5ad files of raw integer counts: one file, a folder, a glob, a text file listing them, or a
+    list of paths (extract.inputs.resolve_inputs), read as one matrix in file order. model_path: a Geneformer
+    or scGPT model folder. layers: block indices (layer L = residual stream after block L; negative counts
+    from the end). options: fields of `ExtractConfig` (or pass `config`; `worker="i/N"` writes part i of a
+    dataset, extract.parts). Returns {layer: path of its token store} (a worker: its part of the token
+    dataset). Reruns with the same inputs (matched by content, not path) resume an interrupted extraction; a
+    finished one is returned as is. Raises ExtractError before writing anything when an input cannot work
+    (naming the file), when out_dir holds another extraction, or when another extraction is running there; a
+    failed write (e.g. a full disk) is an ExtractError too, and the stores keep their last commit for the rerun.
     """
     config = config or ExtractConfig(**options)
     out_dir = Path(out_dir)
@@ -268,7 +167,8 @@ def extract(
         raise ExtractError(f"model folder {model_path} does not exist (or is not a folder); pass the folder that "
                            "holds the model (Geneformer: config.json + weights; scGPT: args.json, vocab.json, "
                            "best_model.pt)")
-    with CountSource(adata_path, config.counts_layer) as source:  # AnnData problems surface before the model loads
+    # AnnData problems surface before the model loads
+    with CountSources(resolve_inputs(adata_path), config.counts_layer, config.gene_column) as source:
         geneformer_files = {
             k: getattr(config, k) for k in ("token_dictionary", "gene_median_dictionary", "gene_name_dictionary")
             if getattr(config, k) is not None
@@ -285,36 +185,49 @@ def extract(
         common = {
             **model.describe(),
             "tokenizer": tokenizer.settings(),
-            "adata": {"path": str(Path(adata_path).resolve()), "sha256": sha256_file(adata_path),
-                      "obs_names_sha256": obs_names_sha256(source.obs_names()),
-                      "n_cells": source.n_cells, "counts_layer": source.counts_layer,
-                      "n_cells_skipped": int(len(skipped))},
+            "adata": adata_source(source, len(skipped)),
             "extraction": {"cells_per_commit": config.cells_per_commit, "batch_size": config.batch_size,
                            "include_special_tokens": config.include_special_tokens,
                            "compute_dtype": config.compute_dtype},
         }
-        paths = store_paths(out_dir, layers, kinds)
-        sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in paths}
+        worker = resolve_worker(config.worker)
+        datasets = store_paths(out_dir, layers, kinds)  # with workers: dataset folders, holding the parts
+        sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in datasets}
+        cells, part_progress, paths = range(source.n_cells), {}, datasets
+        if worker is not None:
+            bounds = partition(np.where(n_expressed > 0, n_tokens, 0), config.cells_per_commit, worker.count)
+            cells = range(int(bounds[worker.index]), int(bounds[worker.index + 1]))
+            part_progress = {"part": worker.name, "cells_first": cells.start}
+            paths = {key: folder / worker.name for key, folder in datasets.items()}
         result = {layer: paths[(layer, "tokens")] for layer in layers}
-        with ExtractionLock(out_dir):
+        with ExtractionLock(out_dir, worker):
             if not config.overwrite:
                 check_existing(out_dir, paths, sources, common)
-                if _finished(out_dir, layers, kinds):
+                if worker is None and _finished(out_dir, layers, kinds):
                     return result
+            if worker is not None:
+                join_dataset(out_dir, datasets, sources, bounds, worker, NOT_COMPARED)
             if len(skipped):
                 log.warning(f"skipping {len(skipped)} of {source.n_cells} cells with no expressed model gene "
                             f"(listed in {out_dir / SKIPPED_FILE})")
             try:
-                (out_dir / INDEX_FILE).unlink(missing_ok=True)
+                if worker is None:
+                    (out_dir / INDEX_FILE).unlink(missing_ok=True)
                 write_atomic(out_dir / SKIPPED_FILE, json.dumps({"reason": "no expressed model gene",
                                                                  "cell_index": skipped.tolist()}, indent=2))
-                stores = _Stores(paths, sources, model.d_model, config, source.n_cells, model.gene_table())
-                _run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
+                genes = model.gene_table()
+                stores = Stores(paths, sources, model.d_model, config, cells, genes, part_progress)
+                run_windows(model, tokenizer, source, stores, layers, n_tokens, n_expressed, config, has_cls)
                 stores.close()
-                write_atomic(out_dir / INDEX_FILE, json.dumps({
-                    "complete": True, "layers": layers, "kinds": kinds, "source": common,
-                    "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
-                }, indent=2, default=str))
+                if worker is not None:
+                    for folder in datasets.values():
+                        write_genes(folder, genes)  # the dataset's own table, for readers of the whole dataset
+                    finish_dataset(out_dir, datasets)
+                else:
+                    write_atomic(out_dir / INDEX_FILE, json.dumps({
+                        "complete": True, "layers": layers, "kinds": kinds, "source": common,
+                        "stores": {f"{layer}/{kind}": str(path) for (layer, kind), path in paths.items()},
+                    }, indent=2, default=str))
             except (OSError, StoreWriteError) as err:
                 reason = err.reason if isinstance(err, StoreWriteError) else str(err)
                 raise ExtractError(
@@ -330,6 +243,21 @@ def extract(
     return result
 
 
+def adata_source(source: CountSources, n_skipped: int) -> dict:
+    """The manifest's source["adata"]: one file as {path, sha256, obs_names_sha256, n_cells, counts_layer,
+    n_cells_skipped}; several as {paths, files: [{identity, n_cells, first_cell, obs_names_sha256}], n_cells,
+    counts_layer, n_cells_skipped} (identity: `extract.inputs.file_identity`; paths are never compared)."""
+    totals = {"n_cells": source.n_cells, "counts_layer": source.counts_layer, "n_cells_skipped": int(n_skipped)}
+    files = [{**file_identity(path), "obs_names_sha256": obs_names_sha256(source.file(f).obs_names())}
+             for f, path in enumerate(source.paths)]
+    if len(files) == 1:
+        return {"path": str(source.paths[0].resolve()), **files[0], **totals}
+    for f, entry in enumerate(files):
+        entry |= {"n_cells": int(source.first_cell[f + 1] - source.first_cell[f]),
+                  "first_cell": int(source.first_cell[f])}
+    return {"paths": [str(p.resolve()) for p in source.paths], "files": files, **totals}
+
+
 def _finished(out_dir: Path, layers: list[int], kinds: list[str]) -> bool:
     """Whether out_dir's index says a finished extraction (already checked to match) covers these layers/kinds."""
     index = out_dir / INDEX_FILE
@@ -343,69 +271,3 @@ def _finished(out_dir: Path, layers: list[int], kinds: list[str]) -> bool:
 def _wants_hvg(model, config: ExtractConfig) -> bool:
     return bool(model.n_hvg if config.n_hvg == "args" else config.n_hvg)
 
-
-class _Writer:
-    """Runs `write_batch` and the commits on one background thread, in submission order, so host-side row
-    gathering and store writes overlap the next forward passes. At most `max_pending` tasks wait (each holds
-    one batch's hidden states); the first failure is raised in the caller's thread on its next call.
-    Crash safety is unchanged: a window's commit runs only after all of its batches were appended."""
-
-    def __init__(self, max_pending: int = 2):
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-write")
-        self._pending: collections.deque = collections.deque()
-        self._max_pending = max_pending
-        self._failed = False  # set by the worker: once a task failed, later ones (a commit!) must not run
-
-    def _run(self, fn, *args) -> None:
-        if self._failed:
-            raise ExtractError("skipped: an earlier store write of this extraction failed")
-        try:
-            fn(*args)
-        except BaseException:
-            self._failed = True
-            raise
-
-    def submit(self, fn, *args) -> None:
-        self._pending.append(self._pool.submit(self._run, fn, *args))
-        while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
-            self._pending.popleft().result()
-
-    def drain(self) -> None:
-        while self._pending:
-            self._pending.popleft().result()
-
-    def close(self) -> None:
-        """Wait for what was submitted (a window whose batches were all appended still commits)."""
-        self._pool.shutdown(wait=True)
-
-
-def _run_windows(model, tokenizer, source, stores: _Stores, layers, n_tokens, n_expressed, config, has_cls):
-    from tqdm.auto import tqdm
-
-    window = config.cells_per_commit
-    start = min(stores.cells_done.values())
-    if start % window and start != source.n_cells:
-        raise ExtractError(f"stores were committed at cell {start}, not a multiple of cells_per_commit={window}")
-    pad_value = getattr(tokenizer, "pad_value", 0.0)
-    bar = tqdm(total=source.n_cells, initial=start, unit="cell", desc="extract", disable=not config.progress_bar,
-               dynamic_ncols=True)
-    writer = _Writer()
-    try:
-        for lo in range(start, source.n_cells, window):
-            hi = min(lo + window, source.n_cells)
-            cells = lo + np.flatnonzero(n_expressed[lo:hi] > 0)
-            counts = source.rows(lo, hi)[cells - lo]
-            tokens = tokenizer(counts, cells)
-            order = np.lexsort((cells, -n_tokens[cells]))
-            for b in range(0, len(order), config.batch_size):
-                batch = make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, pad_value,
-                                   config.include_special_tokens)
-                hidden = forward_batch(model, batch, layers, config)
-                writer.submit(write_batch, stores, batch, hidden, hi, has_cls)
-                bar.update(len(batch.cell_index))
-            writer.submit(stores.commit, hi)
-            bar.update(hi - lo - len(cells))
-        writer.drain()
-    finally:
-        writer.close()
-        bar.close()

@@ -173,13 +173,13 @@ def test_sigkill_then_rerun_equals_uninterrupted(geneformer_case, tmp_path):
 
 def test_a_failed_store_write_commits_nothing_after_it_and_a_rerun_completes(geneformer_case, tmp_path,
                                                                              monkeypatch):
-    import extract.run as extract_run
+    import extract.windows as extract_windows
 
     adata, model_dir = geneformer_case
     options = dict(layers=[1], cells_per_commit=8, batch_size=3, device="cpu", progress_bar=False)
     reference = extract(adata, model_dir, tmp_path / "reference", **options)
     calls = []
-    real_write_batch = extract_run.write_batch
+    real_write_batch = extract_windows.write_batch
 
     def failing_write_batch(stores, batch, hidden, window_end, has_cls):
         calls.append(window_end)
@@ -188,14 +188,14 @@ def test_a_failed_store_write_commits_nothing_after_it_and_a_rerun_completes(gen
             raise OSError("disk full (simulated)")
         real_write_batch(stores, batch, hidden, window_end, has_cls)
 
-    monkeypatch.setattr(extract_run, "write_batch", failing_write_batch)
+    monkeypatch.setattr(extract_windows, "write_batch", failing_write_batch)
     out = tmp_path / "failed"
     with pytest.raises(ExtractError, match="disk full.*rerun the same jaxsae extract command"):
         extract(adata, model_dir, out, **options)
     assert calls[4] == 16 and not (out / "extraction.json").exists()
     for path in all_stores(out):  # the failed window (cells 8..16) and everything after it stay uncommitted
         assert open_store(path).progress.get("cells_done", 0) <= 8, path
-    monkeypatch.setattr(extract_run, "write_batch", real_write_batch)
+    monkeypatch.setattr(extract_windows, "write_batch", real_write_batch)
     extract(adata, model_dir, out, **options)
     ref, new = open_store(reference[1]), open_store(out / "layer_1/tokens")
     assert new.n_rows == ref.n_rows and new.progress == {"cells_done": 40, "cells_total": 40}

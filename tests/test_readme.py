@@ -36,6 +36,7 @@ PLACEHOLDERS = {
     "PATH/TO/Geneformer": "fixtures/geneformer",
     "path/to/scgpt": "fixtures/scgpt",
     "cells.h5ad": "fixtures/cells.h5ad",
+    "atlas-files/": "fixtures/atlas-files/",  # cells.h5ad's cells split over three files
 }
 
 # (pattern, replacement): sizes only. Each pattern must match the README somewhere (see test below).
@@ -55,6 +56,10 @@ SHRINK = [
      r"\1\2 --rows 20000 --n-latents 512 --k 8 --compare-rows 4096 --repeats 1\3"),
     (r"^(\.venv/bin/python experiments/bench_sweep\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --members 2 --steps 10 --batch 256 --repeats 1\3"),
+    (r"(--data\.store out-atlas/layer_4/tokens)", r"\1 --sae.d_model 16 --data.batch_rows 256"),
+    # the SLURM script's extraction: as two array tasks, one after the other, on the CPU
+    (r"^(jaxsae extract atlas-files/ .*? --device) cuda --compute_dtype bfloat16 (--no_progress_bar)$",
+     r"for i in 0 1; do SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_COUNT=2 \1 cpu \2; done"),
     (r"^(\.venv/bin/python experiments/bench_extract\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --cells 24 --genes 120 --n-layers 2 --d-model 16 --layers 1 --repeats 1\3"),
 ]
@@ -119,6 +124,9 @@ def sandbox(tmp_path_factory):
     adata = anndata.read_h5ad(cells)
     adata.obsm["X_umap"] = np.random.default_rng(0).normal(size=(adata.n_obs, 2))
     adata.write_h5ad(cells)
+    (fixtures / "atlas-files").mkdir()
+    for i, (start, stop) in enumerate([(0, 13), (13, 27), (27, adata.n_obs)]):
+        adata[start:stop].copy().write_h5ad(fixtures / "atlas-files" / f"donor_{i}.h5ad")
     return root
 
 

@@ -309,3 +309,39 @@ def test_read_ranges_and_read_rows_at_match_numpy(tmp_path):
         store.read_rows_at(np.array([0, 500]))
     with pytest.raises(StoreError, match=r"asked for rows \[490, 510\)"):
         store.read_ranges([(0, 10), (490, 510)])
+
+
+def test_statistics_of_parts_cut_at_commit_boundaries_combine_bitwise_into_the_whole_store(tmp_path):
+    from jaxsae.store import NormStats
+
+    windows = [(_rows(n, seed=s) * 10.0 ** (s - 3)).astype(np.float32) for s, n in enumerate([5, 17, 9, 30, 1, 12])]
+    whole = StoreWriter.create(tmp_path / "whole", d_model=D_MODEL, shard_rows=SHARD_ROWS, chunk_rows=CHUNK_ROWS)
+    for window in windows:  # one commit per window, as an extraction does
+        whole.append(window)
+        whole.commit()
+    parts = []
+    for i, cut in enumerate([(0, 2), (2, 3), (3, 6)]):
+        with StoreWriter.create(tmp_path / f"part{i}", d_model=D_MODEL, shard_rows=SHARD_ROWS,
+                                chunk_rows=CHUNK_ROWS) as part:
+            for window in windows[slice(*cut)]:
+                part.append(window)
+                part.commit()
+        parts.append(open_store(tmp_path / f"part{i}").norm)
+    for order in (parts, parts[::-1]):
+        assert NormStats.combined(order) == whole.manifest.norm  # exact sums and the rounded floats alike
+    assert open_store(tmp_path / "whole").norm == whole.manifest.norm  # the expansions survive JSON
+    _assert_norm_matches(open_store(tmp_path / "whole"), np.concatenate(windows))
+
+
+def test_a_store_written_before_exact_sums_reads_and_resumes_from_its_float_sums(tmp_path):
+    path = tmp_path / "old"
+    _write_in_one_go(path, _rows(40))
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name in ("exact_sum", "exact_sum_sq_norm"):
+        del manifest["norm"][name]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    old = open_store(path).norm
+    assert old.exact_sum is None and old.count == 40
+    with StoreWriter.open(path) as writer:
+        writer.append(_rows(8, seed=1))
+    _assert_norm_matches(open_store(path), np.concatenate([_rows(40), _rows(8, seed=1)]))

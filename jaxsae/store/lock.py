@@ -46,7 +46,7 @@ def _read(path: str) -> dict | None:
 
 
 @contextlib.contextmanager
-def _flocked(folder: str):
+def folder_flock(folder: str):
     """Hold an exclusive flock on the folder itself (a directory fd) for the duration."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -78,7 +78,7 @@ class FolderLock:
         os.makedirs(self.folder, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
               "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        with _flocked(self.folder):
+        with folder_flock(self.folder):
             holder = _read(self.path)
             if holder is not None:
                 self._check_stale(holder)
@@ -113,7 +113,7 @@ class FolderLock:
         if not self.held:
             return
         self.held = False
-        with _flocked(self.folder):
+        with folder_flock(self.folder):
             holder = _read(self.path)
             if holder and holder.get("token") == self.token:
                 with contextlib.suppress(FileNotFoundError):

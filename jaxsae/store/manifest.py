@@ -15,10 +15,13 @@ import numpy as np
 
 from jaxsae.atomic import write_atomic
 from jaxsae.errors import StoreError
+from jaxsae.store import exact
+from jaxsae.store.exact import Expansion
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ACTS_DTYPES = ("float32", "bfloat16")
+NORM_FIELDS = ("count", "sum", "sum_sq_norm", "exact_sum", "exact_sum_sq_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,24 +31,54 @@ class NormStats:
     count: number of rows summed.
     sum: [d_model] float64 per-dimension sum of the rows (a tuple, so the record stays immutable).
     sum_sq_norm: float64 sum over rows of ||x||^2.
+    exact_sum: [d_model] expansions (jaxsae.store.exact) whose exact sums are the per-dimension sums of the
+        commits' float64 sums; exact_sum_sq_norm: the same for sum_sq_norm. `sum` and `sum_sq_norm` are them
+        correctly rounded, so statistics of parts combine bitwise (`combined`). None in stores written before
+        them (a writer reopening such a store starts its expansions from the float sums).
     """
 
     count: int
     sum: tuple[float, ...]
     sum_sq_norm: float
+    exact_sum: tuple[Expansion, ...] | None = None
+    exact_sum_sq_norm: Expansion | None = None
 
     @classmethod
     def zeros(cls, d_model: int) -> NormStats:
-        return cls(count=0, sum=(0.0,) * d_model, sum_sq_norm=0.0)
+        return cls.from_exact(0, ((0.0,),) * d_model, (0.0,))
+
+    @classmethod
+    def from_exact(cls, count: int, exact_sum: tuple[Expansion, ...], exact_sum_sq_norm: Expansion) -> NormStats:
+        """Statistics of `count` rows whose sums are these expansions (the floats are them correctly rounded)."""
+        return cls(count=int(count), sum=tuple(exact.value(p) for p in exact_sum),
+                   sum_sq_norm=exact.value(exact_sum_sq_norm), exact_sum=tuple(exact_sum),
+                   exact_sum_sq_norm=tuple(exact_sum_sq_norm))
 
     def plus(self, count: int, row_sum: np.ndarray, sum_sq_norm: float) -> NormStats:
-        """These statistics with `count` more rows whose sums are `row_sum: [d] float64` and `sum_sq_norm`."""
-        total = np.asarray(self.sum, dtype=np.float64) + np.asarray(row_sum, dtype=np.float64)
-        return NormStats(
-            count=self.count + int(count),
-            sum=tuple(float(v) for v in total),
-            sum_sq_norm=self.sum_sq_norm + float(sum_sq_norm),
-        )
+        """These statistics with `count` more rows whose float64 sums are `row_sum: [d]` and `sum_sq_norm`
+        (added exactly)."""
+        sums, sq = self.expansions()
+        return NormStats.from_exact(self.count + int(count), tuple(exact.grow(p, (v,)) for p, v in zip(sums, row_sum)),
+                                    exact.grow(sq, (sum_sq_norm,)))
+
+    @classmethod
+    def combined(cls, parts: list[NormStats]) -> NormStats:
+        """The statistics of all `parts`' rows together: bitwise those of one store that committed the same
+        float64 sums (e.g. an extraction cut into parts at window boundaries), for parts with exact sums."""
+        total = cls.zeros(len(parts[0].sum))
+        for part in parts:
+            sums, sq = part.expansions()
+            total = cls.from_exact(total.count + part.count,
+                                   tuple(exact.grow(a, b) for a, b in zip(total.exact_sum, sums)),
+                                   exact.grow(total.exact_sum_sq_norm, sq))
+        return total
+
+    def expansions(self) -> tuple[tuple[Expansion, ...], Expansion]:
+        """(per-dimension sums, sum of squared norms) as expansions; a store written before exact sums gives
+        its float sums (so it continues exactly from them)."""
+        if self.exact_sum is not None:
+            return self.exact_sum, self.exact_sum_sq_norm
+        return tuple((v,) for v in self.sum), (self.sum_sq_norm,)
 
     def _require_rows(self) -> None:
         if self.count == 0:
@@ -67,7 +100,11 @@ class NormStats:
         return self.sum_sq_norm / self.count
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "sum": list(self.sum), "sum_sq_norm": self.sum_sq_norm}
+        fields = {"count": self.count, "sum": list(self.sum), "sum_sq_norm": self.sum_sq_norm}
+        if self.exact_sum is not None:
+            fields |= {"exact_sum": [list(p) for p in self.exact_sum],
+                       "exact_sum_sq_norm": list(self.exact_sum_sq_norm)}
+        return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,21 +214,39 @@ class Manifest:
                 f"{where}: fields {missing} are missing; expected all of {sorted(expected)}; re-run the extraction"
             )
         norm = raw["norm"]
-        if not isinstance(norm, dict) or set(norm) != {"count", "sum", "sum_sq_norm"}:
+        if not isinstance(norm, dict) or set(norm) not in (set(NORM_FIELDS[:3]), set(NORM_FIELDS)):
             raise StoreError(
-                f"{where}: norm is {norm!r:.80}; expected {{count, sum, sum_sq_norm}}; re-run the extraction"
+                f"{where}: norm is {norm!r:.80}; expected {{count, sum, sum_sq_norm}} (plus exact_sum, "
+                "exact_sum_sq_norm); re-run the extraction"
             )
         numbers = norm["sum"] + [norm["sum_sq_norm"]] if isinstance(norm["sum"], list) else None
         if numbers is None or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
             raise StoreError(f"{where}: norm.sum / norm.sum_sq_norm are not numbers; re-run the extraction")
         values = {name: raw[name] for name in expected}
         values["norm"] = NormStats(
-            count=norm["count"], sum=tuple(float(v) for v in norm["sum"]), sum_sq_norm=norm["sum_sq_norm"]
+            count=norm["count"], sum=tuple(float(v) for v in norm["sum"]), sum_sq_norm=norm["sum_sq_norm"],
+            **_exact_fields(norm, where),
         )
         try:
             return cls(**values)
         except StoreError as err:
             raise StoreError(f"{where}: {err}") from None
+
+
+def _exact_fields(norm: dict, where: str) -> dict:
+    """The expansions of a manifest's norm record ({} for a store written before them)."""
+    if "exact_sum" not in norm:
+        return {}
+    expansions = [*norm["exact_sum"], norm["exact_sum_sq_norm"]] if isinstance(norm["exact_sum"], list) else [None]
+    if not all(isinstance(p, list) and p and all(_is_number(v) for v in p) for p in expansions):
+        raise StoreError(f"{where}: norm.exact_sum / exact_sum_sq_norm are not lists of numbers; re-run the "
+                         "extraction")
+    return {"exact_sum": tuple(tuple(float(v) for v in p) for p in expansions[:-1]),
+            "exact_sum_sq_norm": tuple(float(v) for v in expansions[-1])}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_count(value: object) -> bool:
@@ -219,6 +274,8 @@ def _check_manifest(m: Manifest) -> None:
             f"norm stats cover {m.norm.count} rows of width {len(m.norm.sum)}; expected {m.rows_committed} rows "
             f"of width {m.d_model}; {fix}"
         )
+    if m.norm.exact_sum is not None and len(m.norm.exact_sum) != m.d_model:
+        raise StoreError(f"norm exact sums have width {len(m.norm.exact_sum)}; expected {m.d_model}; {fix}")
     if not math.isfinite(float(m.norm.sum_sq_norm)) or not all(math.isfinite(v) for v in m.norm.sum):
         raise StoreError(f"norm stats hold a non-finite value; expected finite sums; {fix}")
 

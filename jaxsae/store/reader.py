@@ -9,12 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from jaxsae.errors import StoreError
+from jaxsae.store.dataset import concatenated, dataset_parts, is_dataset
 from jaxsae.store.layout import ACTS, METADATA_DTYPES, open_arrays
 from jaxsae.store.manifest import Manifest, NormStats, read_manifest
 
 
 def open_store(path: str | Path) -> ActivationStore:
-    """Open and validate the store folder `path` for reading; every failure is a StoreError with the fix."""
+    """Open and validate the store folder `path` for reading; every failure is a StoreError with the fix.
+
+    `path` may also name several stores read as one (jaxsae.store.dataset): a dataset folder (dataset.json and
+    its parts, each complete, or a StoreError naming the part) or a comma-separated list of store folders.
+    """
+    if is_dataset(path):
+        parts, source = dataset_parts(path)
+        manifest, arrays = concatenated([open_store(part) for part in parts], source)
+        return ActivationStore(Path(path), manifest, arrays)
     path = Path(path)
     manifest = read_manifest(path)
     arrays = open_arrays(path, manifest, writable=False)
@@ -38,6 +47,12 @@ class ActivationStore:
         self.manifest = manifest
         # Views limited to the committed rows: rows past them are garbage and cannot be read by mistake.
         self._arrays = {name: array[: manifest.rows_committed] for name, array in arrays.items()}
+
+    @property
+    def arrays(self) -> dict:
+        """The committed rows' TensorStore arrays: acts [n_rows, d_model], cell_index / token_id / position
+        [n_rows]."""
+        return dict(self._arrays)
 
     @property
     def n_rows(self) -> int:

@@ -24,7 +24,9 @@ class DataConfig:
     """The training stream."""
 
     store: str = ""
-    """Activation store to train on (required; made absolute, so a saved config.json works from anywhere)."""
+    """Activation store to train on (required; made absolute, so a saved config.json works from anywhere): a store
+    folder, a dataset folder written by `extract --worker` (all its parts, read as one store), or several store
+    folders separated by commas, read one after the other."""
     batch_rows: int = 4096
     """Rows per global batch (all devices together)."""
     window_blocks: int = 64
@@ -42,7 +44,7 @@ class DataConfig:
 
     def __post_init__(self):
         if self.store:  # unset is allowed here (a section of defaults); TrainConfig refuses a run without one
-            object.__setattr__(self, "store", os.path.abspath(self.store))
+            object.__setattr__(self, "store", ",".join(os.path.abspath(p) for p in self.store.split(",") if p))
         if checks_deferred():
             return
         _positive(self, "batch_rows", "window_blocks", "streams", "prefetch")
