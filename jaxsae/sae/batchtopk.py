@@ -23,8 +23,8 @@ from jaxsae.sae.common import decode, member_k, pre_activations
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
 from jaxsae.sae.portable import PortableForm, linear
-from jaxsae.sae.sparse import batch_top_k, selected_pre
-from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss
+from jaxsae.sae.sparse import batch_candidates, batch_top_k, selected_pre
+from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss, select as topk_select
 
 __all__ = ["batchtopk"]
 
@@ -61,11 +61,11 @@ def select(params: Params, buffers: Buffers, x: jax.Array, hp: BatchTopKHParams,
            ctx: LossContext) -> tuple[Forward, Buffers]:
     """The BatchTopK training forward up to the activations (shared with Matryoshka): (Forward with the
     candidates as its selection, buffers with the new threshold)."""
-    pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
-    candidates, keep, min_kept = batch_top_k(jax.lax.stop_gradient(pre), member_k(hp.k, cfg.k), cfg, ctx.axes)
+    pre, candidates, aux = topk_select(params, x, batch_candidates(cfg), ctx, cfg)
+    keep, min_kept = batch_top_k(candidates, member_k(hp.k, cfg.k), ctx.axes)
     acts = jnp.where(keep, jax.nn.relu(selected_pre(params, x, pre, candidates, cfg.sparse_decode)), 0.0)
     threshold = update_threshold(buffers["threshold"], min_kept, hp.threshold_ema_decay)
-    return Forward(x, pre, candidates, acts), {**buffers, "threshold": threshold}
+    return Forward(x, pre, candidates, acts, aux), {**buffers, "threshold": threshold}
 
 
 def batchtopk(cfg: SAEConfig) -> Architecture:

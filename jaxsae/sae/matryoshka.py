@@ -67,7 +67,7 @@ def matryoshka(cfg: SAEConfig) -> Architecture:
         x_hat = x_hats[:, -1, :]
         terms = {"mse": batch_mean(jnp.mean(per_prefix, axis=1), ctx.axes),
                  "auxk": auxk_term(params, fwd, x_hat, hp, ctx, cfg)}
-        fire_count, l0 = firing(fires(fwd.acts > 0, fwd.sel, fwd.pre.shape[1]), global_rows(x, ctx.axes), ctx.axes)
+        fire_count, l0 = firing(fires(fwd.acts > 0, fwd.sel, params["W_enc"].shape[1]), global_rows(x, ctx.axes), ctx.axes)
         return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)
 
     return base._replace(name="matryoshka", loss=loss)

@@ -23,7 +23,7 @@ from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
 from jaxsae.sae.portable import PortableForm, linear
 from jaxsae.sae.sparse import scatter_dense, select_top_k, selected_pre, slot_mask
-from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss
+from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss, select
 
 __all__ = ["topk"]
 
@@ -44,11 +44,10 @@ def topk(cfg: SAEConfig) -> Architecture:
     def loss(params: Params, buffers: Buffers, x: jax.Array, hp: TopKHParams,
              ctx: LossContext) -> tuple[jax.Array, LossOut]:
         """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, auxk."""
-        pre = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
-        sel = select_top_k(jax.lax.stop_gradient(pre), cfg.k, ctx.axes)
+        pre, sel, aux = select(params, x, cfg.k, ctx, cfg)
         in_k = slot_mask(member_k(hp.k, cfg.k), cfg.k)
         acts = jnp.where(in_k, jax.nn.relu(selected_pre(params, x, pre, sel, cfg.sparse_decode)), 0.0)
-        return reconstruction_loss(params, Forward(x, pre, sel, acts), hp, ctx, cfg, buffers)
+        return reconstruction_loss(params, Forward(x, pre, sel, acts, aux), hp, ctx, cfg, buffers)
 
     def encode(params: Params, buffers: Buffers, x: jax.Array, hp: TopKHParams, axes: Axes) -> jax.Array:
         """Inference latents [B, n_local]: the member's top-k (ReLU'd) of the global pre-activations, 0 elsewhere."""

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from jaxsae.sae.base import Buffers, HParams, LossContext, LossOut, Params, SAEConfig
 from jaxsae.sae.collectives import psum
-from jaxsae.sae.common import firing, global_rows, mse, total_variance
-from jaxsae.sae.sparse import Selection, decode_partial, fires, gather_pays, select_top_k, selected_pre
+from jaxsae.sae.common import firing, global_rows, mse, pre_activations, total_variance
+from jaxsae.sae.sparse import Selection, decode_partial, encoder_selection, fires, gather_pays, selected_pre
 
 LOSS_TERMS = ("auxk", "mse")
 
@@ -19,15 +19,30 @@ class Forward(NamedTuple):
     """A top-k family forward pass up to the activations (one member, local shards).
 
     x:    [B, d] normalised rows.
-    pre:  [B, n_local] differentiable pre-activations; their stop-gradient chose `sel`.
+    pre:  [B, n_local] differentiable pre-activations on the dense reference path; None with sae.sparse_decode
+          (never materialised in the step: see `jaxsae.sae.sparse.encoder_selection`).
     sel:  the K selected latents of each row.
     acts: [B, K] their activations (0 where not kept or not owned by this shard).
+    aux:  AuxK's selection: the top aux_k DEAD latents of each row (-inf scores: fillers); None without AuxK.
     """
 
     x: jax.Array
-    pre: jax.Array
+    pre: jax.Array | None
     sel: Selection
     acts: jax.Array
+    aux: Selection | None
+
+
+def select(params: Params, x: jax.Array, k: int, ctx: LossContext,
+           cfg: SAEConfig) -> tuple[jax.Array | None, Selection, Selection | None]:
+    """(pre, sel, aux) of the top-k family's training forward: the top-k of the stop-gradient pre-activations,
+    AuxK's top aux_k among dead latents when ctx.with_aux, and the differentiable pre-activations [B, n_local]
+    on the dense reference path only (None with cfg.sparse_decode). Both paths select with the same function,
+    so the sparse step and its dense reference choose the same latents."""
+    sel, aux = encoder_selection(params, x, k, ctx.axes, dead=ctx.dead if ctx.with_aux else None,
+                                 aux_k=cfg.aux_k)
+    pre = None if cfg.sparse_decode else pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
+    return pre, sel, aux
 
 
 def auxk_loss(params: Params, fwd: Forward, x_hat: jax.Array, hp: HParams, ctx: LossContext,
@@ -40,13 +55,11 @@ def auxk_loss(params: Params, fwd: Forward, x_hat: jax.Array, hp: HParams, ctx: 
     min(num_dead / aux_k, 1), weighted by hp.aux_coeff (alpha). Rows of fewer than aux_k dead latents pad
     with zeros. Returns the weighted scalar term.
     """
-    axes, x = ctx.axes, fwd.x
-    scores = jax.lax.stop_gradient(fwd.pre)
-    sel = select_top_k(jnp.where(ctx.dead[None, :], scores, -jnp.inf), cfg.aux_k, axes)
+    axes, x, sel = ctx.axes, fwd.x, fwd.aux
     is_dead = jnp.isfinite(sel.score)
     acts = jnp.where(is_dead, jax.nn.relu(selected_pre(params, x, fwd.pre, sel, cfg.sparse_decode)), 0.0)
     # k_aux (d/2 by default) is large: a dense decode beats gathering [B, k_aux, d] rows unless n_local is huge.
-    sparse = cfg.sparse_decode and gather_pays(cfg.aux_k, scores.shape[1])
+    sparse = cfg.sparse_decode and gather_pays(cfg.aux_k, params["W_enc"].shape[1])
     e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse=sparse)
     residual = jax.lax.stop_gradient(x - x_hat)
     error = psum(jnp.sum(jnp.square(e_hat - residual)), axes.data)
@@ -70,5 +83,5 @@ def reconstruction_loss(params: Params, fwd: Forward, hp: HParams, ctx: LossCont
     partial = decode_partial(params["W_dec"], fwd.acts, fwd.sel, ctx.axes, cfg.sparse_decode)
     x_hat = partial + params["b_dec"][None, :]
     terms = {"mse": mse(fwd.x, x_hat, ctx.axes), "auxk": auxk_term(params, fwd, x_hat, hp, ctx, cfg)}
-    fire_count, l0 = firing(fires(fwd.acts > 0, fwd.sel, fwd.pre.shape[1]), global_rows(fwd.x, ctx.axes), ctx.axes)
+    fire_count, l0 = firing(fires(fwd.acts > 0, fwd.sel, params["W_enc"].shape[1]), global_rows(fwd.x, ctx.axes), ctx.axes)
     return terms["mse"] + terms["auxk"], LossOut(terms, x_hat, fire_count, l0, new_buffers)
