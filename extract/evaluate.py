@@ -55,7 +55,6 @@ def evaluate_dictionary(dictionary, model_dir, adata, *, cells: int = 64, seed: 
     cells: how many AnnData rows to sample (seeded by `seed`, which also seeds the masks); obs: a categorical
     obs column for the k-NN accuracy; layer: default the dictionary's source layer.
     """
-    from extract.counts import sha256_file
     from extract.torch_dictionary import to_torch
 
     dictionary, model, layer, source = load_spliced(dictionary, model_dir, layer=layer, device=device)
@@ -107,7 +106,7 @@ def evaluate_dictionary(dictionary, model_dir, adata, *, cells: int = 64, seed: 
         "checkpoint_sha256": model.checkpoint_hash, "layer": layer, "d_model": model.d_model,
         "splice_positions": "every real token (the store has special tokens)" if all_tokens else
                             "gene tokens (masked ones included; no <cls>/<eos>/padding)",
-        "cells": cell_record(model_dir, adata, sample, cells, seed, source, sha256_file),
+        "cells": cell_record(model_dir, adata, sample, cells, seed, source),
         "objective": {"terms": names, "main": names[0], "mask_fraction": objective_fraction(model),
                       "mask_seed": seed, "n_masked_positions": n_masked},
         "losses": losses,
@@ -132,14 +131,19 @@ def flr(loss: dict, ablation: str) -> float | None:
     return None if gap == 0 else (loss[f"{ablation}_ablated"] - loss["spliced"]) / gap
 
 
-def cell_record(model_dir, adata, sample, asked: int, seed: int, source: dict, sha256_file) -> dict:
+def cell_record(model_dir, adata, sample, asked: int, seed: int, source: dict) -> dict:
     """Which cells were evaluated, and whether the dictionary's store or the demo pretraining saw them."""
     record = {"adata": str(adata), "n_requested": asked, "n_used": int(len(sample.index)), "seed": seed,
               "selection": f"numpy default_rng([{seed}, 2]).choice(n_cells, min(cells, n_cells), replace=False), "
                            "sorted; cells with no expressed model gene dropped",
               "dropped_no_expressed_gene": sample.dropped.tolist(), "cell_index": sample.index.tolist()}
-    recorded = (source.get("adata") or {}).get("sha256")
-    record["in_dictionary_store"] = None if recorded is None else bool(recorded == sha256_file(adata))
+    from extract.inputs import file_identity
+
+    recorded = source.get("adata") or {}
+    files = recorded.get("files") or ([recorded] if recorded else [])  # one file, or each of several
+    identity = file_identity(Path(adata)) if files else {}
+    record["in_dictionary_store"] = None if not files else any(
+        all(entry.get(key) == value for key, value in identity.items()) for entry in files)
     pretraining = Path(model_dir) / "pretraining.json"
     if pretraining.is_file():  # a demo model: its held-out split (extract.pretraining.common.split_cells)
         from extract.pretraining.common import split_cells

@@ -145,6 +145,9 @@ class Report:
     """The model folder, to list the genes each feature promotes in its output head."""
     member: int = 0
     """Which member of a run with several."""
+    evaluation: str | None = None
+    """The JSON `jaxsae eval DICTIONARY ... --out FILE` wrote: its losses, fraction of loss recovered and
+    cell-embedding fidelity join the summary."""
     gene_sets: Annotated[GeneSets, tyro.conf.arg(name="")] = GeneSets()
 
 
@@ -153,7 +156,8 @@ def run_report(argv: Sequence[str], prog: str) -> int:
 
     args = parse(Report, argv, prog)
     path = build_report(args.run_or_dictionary, args.store, args.adata, obs=args.obs, out=args.out,
-                        n_cards=args.cards, model=args.model, gene_sets=args.gene_sets.names(), member=args.member)
+                        n_cards=args.cards, model=args.model, gene_sets=args.gene_sets.names(), member=args.member,
+                        evaluation=args.evaluation)
     print(f"report: {path}")
     return 0
 

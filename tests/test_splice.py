@@ -20,6 +20,8 @@ from extract.evaluate import evaluate_dictionary
 from extract.models import load_model
 from extract.testing import write_counts_h5ad, write_geneformer_folder
 from jaxsae.dictionary import save_dictionary
+from jaxsae.errors import AnalysisError
+from jaxsae.report.evaluation import evaluation_facts
 from jaxsae.sae.base import SAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +182,12 @@ def test_eval_and_intervene_verbs(tiny, tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["fraction_loss_recovered"]["masked_gene_ce"]["zero"] == pytest.approx(1.0, abs=1e-5)
     assert "masked_gene_ce" in done.stdout and "5-NN cell_type accuracy" in done.stdout
+    facts = evaluation_facts(tmp_path / "eval.json", model.d_model)  # what `jaxsae report --evaluation` shows
+    assert facts["masked_gene_ce: fraction of loss recovered (zero / mean ablation)"].startswith("1.000 / ")
+    assert facts["5-NN cell_type accuracy (clean / spliced)"] == \
+        f"{result['knn']['accuracy_clean']:.3f} / {result['knn']['accuracy_spliced']:.3f}"
+    with pytest.raises(AnalysisError, match=f"reads d_model={model.d_model}, this dictionary d_model=7"):
+        evaluation_facts(result, 7)
     done = run_cli("intervene", same, "--model", folder, "--adata", h5ad, "--feature", 3, "--cells", 12,
                    "--top", 4, "--out", tmp_path / "moved.csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

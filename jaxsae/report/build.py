@@ -22,6 +22,7 @@ import pandas as pd
 from jaxsae.analysis.cells import cells_matrix
 from jaxsae.errors import AnalysisError
 from jaxsae.report import plots
+from jaxsae.report.evaluation import evaluation_facts
 from jaxsae.report.html import render_report
 from jaxsae.report.source import resolve, summary
 
@@ -35,7 +36,7 @@ SAE = "sae"
 
 def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike, adata=None, *, obs: str | None = None,
                  out: str | os.PathLike | None = None, n_cards: int = 24, model: str | os.PathLike | None = None,
-                 gene_sets="go", member: int = 0, analysis=None) -> Path:
+                 gene_sets="go", member: int = 0, analysis=None, evaluation=None) -> Path:
     """Write the report of one dictionary and return its path.
 
     run_or_dictionary: a finished run folder (member `member` of it) or a dictionary folder.
@@ -50,12 +51,15 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
       list of these, or None for no enrichment (as in jaxsae.analysis.analyze).
     analysis: the Analysis of this dictionary and store, already computed (`analyze(...).analysis`): reused
       instead of encoding the store again; store, adata, obs, model and gene_sets are then not used.
+    evaluation: the spliced evaluation of this dictionary (the JSON `jaxsae eval --out` wrote, or its dict):
+      its losses, fraction of loss recovered and cell-embedding fidelity join the summary.
     """
     from jaxsae.analysis.pipeline import compute
 
     if n_cards < 0:
         raise AnalysisError(f"n_cards={n_cards}: need 0 or more feature cards")
     source = resolve(run_or_dictionary, member)
+    spliced = {} if evaluation is None else evaluation_facts(evaluation, source.dictionary.d_model)
     out = Path(out) if out is not None else (source.run_dir or source.dictionary_dir) / "report.html"
     if analysis is None:
         analysis = compute(source.dictionary, store, adata=adata, obs="auto" if obs is None else obs,
@@ -82,7 +86,7 @@ def build_report(run_or_dictionary: str | os.PathLike, store: str | os.PathLike,
     facts |= {"store": str(Path(analysis.store.path).resolve()), "cells": f"{cells.n_obs:,}",
               "token rows encoded": f"{codes.codes.shape[0]:,}",
               "labels": analysis.obs or "(no categorical obs column)",
-              "gene sets": _gene_set_name(analysis.gene_sets, enrichment, analysis.notes)}
+              "gene sets": _gene_set_name(analysis.gene_sets, enrichment, analysis.notes)} | spliced
     images = {"training curves (metrics.jsonl)": plots.training_curves(source.records, member=source.member),
               "feature density: log10 of the fraction of cells / tokens on which each feature fires":
                   plots.density_histogram({"cells": table["freq_cells"].to_numpy(),
