@@ -88,6 +88,8 @@ def test_a_sweep_runs_its_packs_and_each_member_equals_training_it_alone(sweep_s
     assert [r["member"] for r in rows] == ["k2_lr0.001", "k2_lr0.003", "k4_lr0.001", "k4_lr0.003"]
     assert all(0 < float(r["fvu"]) < 1 and r["step"] == "12" and r["architecture"] == "topk" for r in rows)
     assert [float(r["l0"]) for r in rows] == [2.0, 2.0, 4.0, 4.0]
+    table = pd.read_parquet(out / "summary.parquet")  # the same table (pyarrow is installed here)
+    pd.testing.assert_frame_equal(table, pd.read_csv(out / "summary.csv"), check_dtype=False)
 
     # the third member (pack001, member 0: k 4, lr 1e-3) trained alone gives the same dictionary
     alone = train(load_config(None, [f"data.store={sweep_store}", f"run_dir={tmp_path / 'alone'}", "steps=12",

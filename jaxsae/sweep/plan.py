@@ -3,8 +3,9 @@ together as one vmapped run (a "pack"); pack sizes come from an estimate of one 
 
 What can differ inside a pack is what the trainer vmaps over (`TrainConfig.members`): `optim.lr`, `seed`
 and `hparams.*`. Any other axis (architecture, width, store, data order, steps, ...) makes separate packs.
-A top-k pack's `sae.k` is its largest member k (members with smaller k are masked, as `members` does), and
-its members are spread over the mesh's `ens` axis when there are several devices (`_spread`).
+A top-k pack's `sae.k` is its largest member k; its members are ordered by k (`_by_k`), so the step runs
+each group of equal k at that k (`jaxsae.train.state.member_groups`), and spread over the mesh's `ens` axis
+when there are several devices (`_spread`).
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def plan_sweep(spec: SweepSpec, budget_bytes: int | None = None, n_devices: int 
                               f"data.batch_rows, or split it over more devices (mesh.latent)")
         size = min(spec.max_pack, fits)
         for start in range(0, len(members), size):
-            chunk = members[start:start + size]
-            pack = _pack_settings(_spread(settings, len(chunk), n_devices or jax.device_count()), chunk,
-                                  where=f"pack {len(packs)}")
+            spread = _spread(settings, min(size, len(members) - start), n_devices or jax.device_count())
+            chunk = _by_k(members[start:start + size], settings, spread.get("mesh", {}).get("ens", 1))
+            pack = _pack_settings(spread, chunk, where=f"pack {len(packs)}")
             packs.append(dataclasses.replace(pack, name=f"pack{len(packs):03d}", bytes_per_member=per_member))
     if not packs:
         raise ConfigError("sweep: the spec has no members (an empty grid?)")
@@ -151,6 +152,18 @@ def _spread(settings: dict, n_members: int, n_devices: int) -> dict:
         return settings
     ens = max(d for d in range(1, n_devices + 1) if n_devices % d == 0 and n_members % d == 0)
     return set_dotted(settings, "mesh.ens", ens)
+
+
+def _by_k(members: list[Member], settings: dict, ens: int) -> list[Member]:
+    """A pack's members in the order the step runs them at their own k: ascending k (stable), dealt over the
+    `ens` devices so that each device's block position j holds the j-th `ens` members in that order, whose
+    largest k position j runs at on every device (the step is one program for all of them)."""
+    default_k = settings.get("hparams", {}).get("k", settings.get("sae", {}).get("k", 0))
+    ordered = sorted(members, key=lambda m: m.settings.get("hparams.k", default_k))
+    if len(members) % ens:  # a mesh the spec set that does not divide the pack (validation refuses it)
+        return ordered
+    local = len(members) // ens
+    return [ordered[j * ens + b] for b in range(ens) for j in range(local)]
 
 
 def _member_level(key: str) -> bool:

@@ -7,6 +7,7 @@ records (a scheduler's task, `jaxsae sweep launch`), and `summarize` writes summ
 <out>/sweep.json          the spec file, the plan, and each pack's status (rewritten atomically)
 <out>/packs/pack000/      a run folder (config.json, checkpoints/, dictionaries/member_000, ..., run.json)
 <out>/summary.csv         written when every pack is complete: one row per member, its settings and metrics
+<out>/summary.parquet     the same table, when pyarrow imports (the `analysis` extra)
 ```
 """
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
 import os
 from collections.abc import Sequence
 
-from jaxsae.atomic import write_atomic
+from jaxsae.atomic import atomic_path, write_atomic
 from jaxsae.errors import ConfigError
 from jaxsae.sweep.members import SWEEP_FILE
 from jaxsae.sweep.plan import Pack, Plan, packs_from_json, plan_sweep
@@ -29,6 +31,7 @@ from jaxsae.train import run_folder
 from jaxsae.train.metrics import read_metrics
 
 SUMMARY_FILE = "summary.csv"
+SUMMARY_PARQUET = "summary.parquet"
 METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction")
 
 log = logging.getLogger(__name__)
@@ -127,7 +130,8 @@ def pack_dir(out: str, pack: str) -> str:
 
 def write_summary(out: str, packs: Sequence[Pack]) -> str:
     """summary.csv: one row per member (name, pack, architecture, width, its axis settings, its last logged
-    metrics, its dictionary folder)."""
+    metrics, its dictionary folder); the same table as summary.parquet when pyarrow imports (it is in the
+    `analysis` extra, not a core dependency: the trainer does not need it). Returns the csv's path."""
     axes = list(dict.fromkeys(k for p in packs for m in p.members for k in m.settings))
     rows = []
     for pack in packs:
@@ -144,11 +148,17 @@ def write_summary(out: str, packs: Sequence[Pack]) -> str:
                          "dictionary": run_folder.dictionary_dir(run_dir, i)})
     buffer = io.StringIO()
     fixed = ["member", "pack", "architecture", "n_latents"]
-    writer = csv.DictWriter(buffer, [*fixed, *(a for a in axes if a not in fixed), "step", *METRICS, "dictionary"])
+    columns = [*fixed, *(a for a in axes if a not in fixed), "step", *METRICS, "dictionary"]
+    writer = csv.DictWriter(buffer, columns)
     writer.writeheader()
     writer.writerows(rows)
     path = os.path.join(out, SUMMARY_FILE)
     write_atomic(path, buffer.getvalue())
+    if importlib.util.find_spec("pyarrow") is not None:
+        import pandas as pd
+
+        with atomic_path(os.path.join(out, SUMMARY_PARQUET)) as tmp:
+            pd.DataFrame(rows, columns=columns).to_parquet(tmp, index=False)
     return path
 
 

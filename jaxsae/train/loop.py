@@ -29,7 +29,8 @@ from jaxsae.train.config import TrainConfig
 from jaxsae.train.lock import RunLock, RunLockedError
 from jaxsae.sae.base import build
 from jaxsae.train import optim
-from jaxsae.train.state import init_state, member_seeds, member_settings, state_specs
+from jaxsae.train.state import (init_state, member_groups, member_sae, member_seeds, member_settings, slot_k,
+                                state_specs)
 from jaxsae.train.step import make_train_step
 
 GEOMETRIC_MEDIAN_ROWS = 4096
@@ -207,7 +208,8 @@ def _train_loop(cfg: TrainConfig, store, mesh, order, streams: range, checkpoint
     kept_records = checkpoint_lib.truncate_metrics(cfg.run_dir, start) if is_writer else []
     end = cfg.num_steps if stop_after is None else min(cfg.num_steps, stop_after)
 
-    step_fn = make_train_step(arch, tx, mesh, dead_after_rows=cfg.sae.dead_after_rows)
+    step_fn = make_train_step(arch, tx, mesh, dead_after_rows=cfg.sae.dead_after_rows,
+                              groups=member_groups(cfg, arch, dict(mesh.shape)["ens"]))
     settings = jax.device_put(member_settings(cfg, arch), NamedSharding(mesh, P("ens")))
     specs = state_specs(state, arch, tx)
     acc_shardings = mesh_lib.shardings(mesh, specs.acc)
@@ -329,17 +331,19 @@ def _lock_run_folder(run_dir: str, is_writer: bool) -> RunLock | None:
 
 
 def save_all(cfg: TrainConfig, host_state: tuple, store, records: list[dict]) -> list[str]:
-    """One dictionary folder per member, normalisation folded in. host_state: host (params, architecture
-    buffers, scale)."""
+    """One dictionary folder per member, normalisation folded in; its config's sae.k is the member's own k.
+    host_state: host (params, architecture buffers, scale)."""
     params, buffers, scale = host_state
+    own_k = slot_k(build(cfg.sae))
     paths = []
     for m in range(cfg.n_members):
+        hparams = cfg.member_hparams(m)
         member = lambda tree: {k: np.asarray(v)[m] for k, v in tree.items()}  # noqa: E731
         metrics = next((r for r in records if r["member"] == m), {})
         metrics = {k: v for k, v in metrics.items() if k != "density_log10_hist"}
         paths.append(save_dictionary(
-            run_folder.dictionary_dir(cfg.run_dir, m), sae=cfg.sae, params=member(params),
-            buffers=member(buffers), hparams=cfg.member_hparams(m), scale=float(scale),
+            run_folder.dictionary_dir(cfg.run_dir, m), sae=member_sae(cfg.sae, hparams["k"]) if own_k else cfg.sae,
+            params=member(params), buffers=member(buffers), hparams=hparams, scale=float(scale),
             source={"store": os.path.abspath(cfg.data.store), **store.source}, metrics=metrics,
             extra={"run_dir": os.path.abspath(cfg.run_dir), "member": m, "steps": cfg.num_steps},
         ))

@@ -3,6 +3,8 @@ and the per-member settings the step reads."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -12,7 +14,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxsae.sae.base import Architecture, ConfigError, check_hparams, hparams_as_arrays
+from jaxsae.sae.base import (Architecture, ConfigError, SAEConfig, build, check_hparams, hparam_fields,
+                              hparams_as_arrays)
 from jaxsae.train import mesh as mesh_lib
 from jaxsae.train.config import TrainConfig
 from jaxsae.train.metrics import Accumulators
@@ -67,6 +70,46 @@ def member_settings(cfg: TrainConfig, arch: Architecture) -> MemberSettings:
     rows = [check_hparams(arch, cfg.sae, cfg.member_arch_hparams(i), f"members[{i}]") for i in range(cfg.n_members)]
     lr = np.asarray([cfg.member_hparams(i)["lr"] for i in range(cfg.n_members)], np.float32)
     return MemberSettings(hparams_as_arrays(arch, rows, np), lr)
+
+
+class MemberGroup(NamedTuple):
+    """Members [start, stop) of every device's block of the member axis (the [E / ens] members it holds), whose
+    loss runs as one vmap of `arch`: the pack's architecture rebuilt at the group's k (its static slot count)."""
+
+    arch: Architecture
+    start: int
+    stop: int
+
+
+def member_sae(sae: SAEConfig, k: int) -> SAEConfig:
+    """The pack's static config with k slots (a member's own k); the Matryoshka prefixes, which default from k,
+    stay the pack's."""
+    out = dataclasses.replace(sae, k=k)
+    return out if out.prefixes == sae.prefixes else dataclasses.replace(out, matryoshka_prefixes=sae.prefixes)
+
+
+def slot_k(arch: Architecture) -> bool:
+    """Whether the architecture's hp.k counts top-k slots bounded by sae.k (then a member runs at its own k)."""
+    field = hparam_fields(arch.hparams).get("k")
+    return field is not None and field[1].high == "k"
+
+
+def member_groups(cfg: TrainConfig, arch: Architecture, ens: int) -> tuple[MemberGroup, ...]:
+    """The groups the step runs a pack's members in, one after another: runs of equal k over each device's
+    block of E / ens members. The step is one program for every device, so block position j runs at the
+    largest k any device holds there (members with a smaller k masked, as before); members ordered by k
+    (`jaxsae.sweep.plan` orders them so) run at their own k. One group, `arch` itself, when every member has
+    the pack's k or the architecture has no slot count."""
+    local = cfg.n_members // ens
+    if not slot_k(arch):
+        return (MemberGroup(arch, 0, local),)
+    ks = member_settings(cfg, arch).hp.k.reshape(ens, local).max(axis=0)
+    groups, start = [], 0
+    for k, run in itertools.groupby(ks.tolist()):
+        stop = start + len(list(run))
+        groups.append(MemberGroup(arch if k == cfg.sae.k else build(member_sae(cfg.sae, k)), start, stop))
+        start = stop
+    return tuple(groups)
 
 
 def member_seeds(cfg: TrainConfig) -> np.ndarray:

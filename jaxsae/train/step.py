@@ -2,7 +2,9 @@
 
 The step runs as one `shard_map` over the mesh (data, ens, latent): each device holds a slice of the batch,
 of the members and of the dictionary; the architecture's math issues the collectives it needs (see
-`jaxsae.sae.collectives`). Members are `jax.vmap`ped. Nothing leaves the device: metrics accumulate in the
+`jaxsae.sae.collectives`). Members are `jax.vmap`ped, in groups of equal k (`state.member_groups`): each
+group's loss and gradients run with the architecture built at its own k, one group after another, so a k = 8
+member in a pack with k = 64 members does not pay for 64 top-k slots. Nothing leaves the device: metrics accumulate in the
 state and the loop reads them back every `log_every` steps.
 
 A step whose loss or gradients are not all finite (any member, any device) changes nothing but
@@ -25,7 +27,7 @@ from jaxsae.sae.base import Architecture, LossContext
 from jaxsae.train import mesh as mesh_lib
 from jaxsae.train.metrics import Accumulators
 from jaxsae.train.optim import project_params
-from jaxsae.train.state import MemberBuffers, MemberSettings, TrainState, state_specs
+from jaxsae.train.state import MemberBuffers, MemberGroup, MemberSettings, TrainState, state_specs
 
 
 def _batch_metrics(x: jax.Array, x_hat: jax.Array, rows_global: int, axes) -> tuple[jax.Array, jax.Array]:
@@ -40,32 +42,42 @@ def _batch_metrics(x: jax.Array, x_hat: jax.Array, rows_global: int, axes) -> tu
 
 
 def make_train_step(arch: Architecture, tx: optax.GradientTransformationExtraArgs, mesh: Mesh, *,
-                    dead_after_rows: int) -> Callable:
+                    dead_after_rows: int, groups: tuple[MemberGroup, ...] | None = None) -> Callable:
     """`step(state, batch [B, d] sharded on data, settings: MemberSettings of [E] arrays) -> (state, metrics)`.
 
     tx: one member's update chain (`jaxsae.train.optim.make_optimizer`), called with the member's lr.
+    groups: how each device's members split into groups of equal k (`state.member_groups`); None: one group,
+    every member at `arch`'s k. Groups are contiguous slices of the member axis: the slices of the parameters
+    and the joined [E, ...] gradients are the only copies they add.
     metrics: {"loss": [E], "l0": [E], "first_nonfinite_step": [] int32 (a copy of the state's)}. Jitted with
     the state donated; the returned metrics are not donated, so the loop can wait on them and read them.
     """
     axes = mesh_lib.MESH_AXES
+    groups = groups or (MemberGroup(arch, 0, None),)
 
     def local_step(state: TrainState, x: jax.Array, settings: MemberSettings):
         x = x.astype(jnp.float32) * state.scale
         rows_global = x.shape[0] * col.axis_size(axes.data)
         dead = state.buffers.rows_since_fired >= dead_after_rows  # [E, n_local]
 
-        def member_grads(with_aux: bool, params, buffers, hp, member_dead):
+        def member_grads(group_arch: Architecture, with_aux: bool, params, buffers, hp, member_dead):
             ctx = LossContext(axes=axes, step=state.step, with_aux=with_aux, dead=member_dead)
-            (loss, out), grads = jax.value_and_grad(lambda p: arch.loss(p, buffers, x, hp, ctx), has_aux=True)(params)
+            (loss, out), grads = jax.value_and_grad(lambda p: group_arch.loss(p, buffers, x, hp, ctx),
+                                                    has_aux=True)(params)
             if tuple(sorted(out.terms)) != tuple(sorted(arch.loss_terms)):
                 raise ValueError(f"architecture {arch.name}: loss returned terms {sorted(out.terms)}, its "
                                  f"loss_terms are {sorted(arch.loss_terms)}")
             zero = loss * 0.0  # carries the loss's varying-axes type, as cond's branches must match
             return loss, out._replace(terms={name: value + zero for name, value in out.terms.items()}), grads
 
+        members = (state.params, state.buffers.arch, settings.hp, dead)
+
         def branch(with_aux):
-            return jax.vmap(functools.partial(member_grads, with_aux))(
-                state.params, state.buffers.arch, settings.hp, dead)
+            if len(groups) == 1:
+                return jax.vmap(functools.partial(member_grads, groups[0].arch, with_aux))(*members)
+            outs = [jax.vmap(functools.partial(member_grads, g.arch, with_aux))(
+                *jax.tree.map(lambda a: a[g.start:g.stop], members)) for g in groups]
+            return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
 
         if arch.uses_auxk:
             any_dead = col.psum(jnp.sum(dead.astype(jnp.int32)), ("ens", "latent")) > 0
