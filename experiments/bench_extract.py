@@ -20,9 +20,10 @@ passes (hooks included): the overhead measured without comparing separate runs.
 
 Per token (gene-token rows, the unit of the token stores): the best extraction's wall time split into the
 forward passes and the rest of the extract() call (model load, scan, tokenisation, row gathering, store writes
-and commits: work that stays on the host CPU when the forward pass runs on a GPU). The census lines scale this run's per-token costs to
---census-cells x --census-tokens-per-cell tokens on --census-devices devices like this one: a paper estimate
-(forward cost grows with the model's width and depth; see the README for the GPU extrapolation), not a run.
+and commits: work that stays on the host CPU when the forward pass runs on a GPU). The census line scales this
+run's per-token costs to --census-cells x --census-tokens-per-cell tokens on --census-devices devices like this
+one: a paper estimate (forward cost grows with the model's width and depth; the README extrapolates to GPUs),
+not a run.
 """
 
 from __future__ import annotations
