@@ -4,12 +4,14 @@ submitted) through jaxsae.slurm, the scheduler code of `jaxsae sweep launch --ba
 Array task i runs, under srun, the same `jaxsae extract` command with `--worker i/N` (every setting that differs
 from its default is passed on; paths made absolute), so the tasks write one dataset (extract.parts) and share
 one cell scan (extract.scan). The script is OUT_DIR/slurm/extract.sbatch; each task logs to
-OUT_DIR/slurm/JOB_TASK.out. Inputs and the model folder are checked here, before anything is submitted.
+OUT_DIR/slurm/JOB_TASK.out. Inputs, the model folder and the worker count of datasets already in OUT_DIR are
+checked here, before anything is submitted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -19,6 +21,7 @@ from extract.config import ExtractConfig
 from extract.errors import ExtractError
 from extract.inputs import resolve_inputs
 from jaxsae.slurm import SlurmJob, array_script, write_and_submit
+from jaxsae.store.dataset import DATASET_FILE
 
 SCRIPT = os.path.join("slurm", "extract.sbatch")
 NOT_PASSED = ("worker", "progress_bar")  # set per task / always off in a batch log
@@ -50,7 +53,8 @@ def launch_slurm(adata: str, model: str, out_dir: str, layers: list[int], config
                  job: SlurmJob = SlurmJob(), dry_run: bool = False) -> tuple[list[str], str | None]:
     """Write OUT_DIR/slurm/extract.sbatch, a job array of `workers` extraction workers, and submit it with
     sbatch unless dry_run. Returns (lines to show, the job id or None). Raises ExtractError for a missing input
-    or model folder, workers < 1 or a --worker given too; SchedulerError when sbatch is missing or refuses."""
+    or model folder, workers < 1, a --worker given too, or an out_dir whose datasets were started by another
+    number of workers; SchedulerError when sbatch is missing or refuses."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ExtractError(f"workers={workers!r}: expected an integer >= 1 (the array tasks of --launch slurm)")
     if config.worker is not None:
@@ -60,6 +64,11 @@ def launch_slurm(adata: str, model: str, out_dir: str, layers: list[int], config
     if not Path(model).is_dir():
         raise ExtractError(f"model folder {model} does not exist (or is not a folder); pass the folder that holds "
                            "the model")
+    for record_path in sorted(Path(out_dir).glob(f"layer_*/*/{DATASET_FILE}")):
+        n_parts = json.loads(record_path.read_text()).get("n_parts")
+        if n_parts != workers:
+            raise ExtractError(f"--workers {workers}: dataset {record_path.parent} was started by {n_parts} workers; "
+                               f"launch with --workers {n_parts} to finish it, or choose another out_dir")
     command = shlex.join(worker_command(adata, model, out_dir, layers, config))
     body = [f'echo "jaxsae extract: worker $SLURM_ARRAY_TASK_ID/{workers}, slurm job '
             '${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)"',

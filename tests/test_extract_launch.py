@@ -51,8 +51,8 @@ def test_the_dry_run_writes_a_job_array_of_workers_and_submits_nothing(case, tmp
 
 
 def test_a_launch_with_a_missing_input_or_a_worker_flag_is_refused_before_anything_is_written(case, tmp_path):
-    from extract.launch import launch_slurm
     from extract.config import ExtractConfig
+    from extract.launch import launch_slurm
 
     adata, model = case
     out = tmp_path / "out"
@@ -64,6 +64,11 @@ def test_a_launch_with_a_missing_input_or_a_worker_flag_is_refused_before_anythi
         launch_slurm(str(adata), str(model), str(out), [1], ExtractConfig(), 0, dry_run=True)
     assert main(["extract", str(adata), str(model), str(out), "--workers", "2"]) == 2  # no --launch slurm
     assert not out.exists()
+    extract(adata, model, out, layers=[1], worker="0/3", cells_per_commit=4, device="cpu", progress_bar=False)
+    with pytest.raises(ExtractError, match=r"--workers 2: dataset .*layer_1/cell_cls was started by 3 workers; launch "
+                                           r"with --workers 3 to finish it"):
+        launch_slurm(str(adata), str(model), str(out), [1], ExtractConfig(), 2, dry_run=True)
+    assert not (out / "slurm").exists()
 
 
 @pytest.mark.e2e  # a one-node SLURM, two extraction array tasks: ~40 s
