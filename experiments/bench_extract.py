@@ -1,6 +1,8 @@
-"""Benchmark: extraction throughput (cells/s) vs a bare forward pass of the same model on the same batches.
+"""Benchmark: extraction throughput (cells/s, tokens/s) vs a bare forward pass of the same model on the same
+batches, and the per-token cost that sizes an atlas-scale run.
 
     python experiments/bench_extract.py [--cells 500] [--genes 2000] [--n-layers 6] [--d-model 256] [--layers 1,2]
+        [--census-cells 50000000] [--census-tokens-per-cell 600] [--census-devices 8]
 
 Both sides run in this process on the same random Geneformer (saved and loaded through the public loader)
 and the same cells. Two baselines, each the bare `model.encode` (embeddings + blocks, no MLM head) under
@@ -15,6 +17,13 @@ chosen layers, row gathering and store writes/commits. Times are wall and CPU ti
 threads; robust when other processes share the machine). Each side runs --repeats times, interleaved; the
 best of each is reported. Last line: inside the same extraction runs, total time / time spent in the forward
 passes (hooks included): the overhead measured without comparing separate runs.
+
+Per token (gene-token rows, the unit of the token stores): the best extraction's wall time split into the
+forward passes and the rest of the extract() call (model load, scan, tokenisation, row gathering, store writes
+and commits: work that stays on the host CPU when the forward pass runs on a GPU). The census line scales this
+run's per-token costs to --census-cells x --census-tokens-per-cell tokens on --census-devices devices like this
+one: a paper estimate (forward cost grows with the model's width and depth; the README extrapolates to GPUs),
+not a run.
 """
 
 from __future__ import annotations
@@ -95,6 +104,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compute-dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--census-cells", type=float, default=50e6, help="cells of the atlas-scale estimate")
+    parser.add_argument("--census-tokens-per-cell", type=float, default=600)
+    parser.add_argument("--census-devices", type=int, default=8, help="workers (one device each) of the estimate")
     args = parser.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
@@ -121,7 +133,7 @@ def main() -> None:
             return hidden
 
         extract_windows.forward_batch = timed_forward  # measures the forward share inside extraction runs
-        forward_times, whole_times, extract_times, outside_share = [], [], [], []
+        forward_times, whole_times, extract_times, outside_share, forward_share = [], [], [], [], []
         for repeat in range(args.repeats):  # interleaved, so load from other processes hits both sides alike
             with blocks_up_to(model, max(layers) % args.n_layers):
                 forward_times.append(bare_forward(model, batches, config))
@@ -132,23 +144,34 @@ def main() -> None:
             extract(adata_path, model_dir, out, layers=layers, config=config)
             extract_times.append(tuple(b - a for a, b in zip(started, clocks())))
             outside_share.append(extract_times[-1][0] / in_forward[0] - 1)
+            forward_share.append(in_forward[0] / extract_times[-1][0])
             shutil.rmtree(out)
         forward_s, forward_cpu = (min(t[i] for t in forward_times) for i in (0, 1))
         whole_s, whole_cpu = (min(t[i] for t in whole_times) for i in (0, 1))
         extract_s, extract_cpu = (min(t[i] for t in extract_times) for i in (0, 1))
         print(f"device={model.device} cells={n_cells} gene tokens={n_tokens} (mean {n_tokens / n_cells:.0f}/cell) "
               f"model: {args.n_layers} layers, d={args.d_model}; layers extracted {layers}; batch {args.batch_size}")
-        print(f"bare forward, whole model  : wall {whole_s:7.2f} s  {n_cells / whole_s:8.1f} cells/s   "
-              f"cpu {whole_cpu:7.2f} s")
-        print(f"bare forward, needed blocks: wall {forward_s:7.2f} s  {n_cells / forward_s:8.1f} cells/s   "
-              f"cpu {forward_cpu:7.2f} s")
-        print(f"extraction                 : wall {extract_s:7.2f} s  {n_cells / extract_s:8.1f} cells/s   cpu {extract_cpu:7.2f} s "
-              f"({len(layers)} token stores + cell stores)")
+        for name, wall, cpu in (("bare forward, whole model  ", whole_s, whole_cpu),
+                                ("bare forward, needed blocks", forward_s, forward_cpu),
+                                ("extraction                 ", extract_s, extract_cpu)):
+            print(f"{name}: wall {wall:7.2f} s  {n_cells / wall:8.1f} cells/s  {n_tokens / wall:9.0f} tokens/s   "
+                  f"cpu {cpu:7.2f} s")
         print(f"extraction / whole-model forward: wall {extract_s / whole_s:.3f}, cpu {extract_cpu / whole_cpu:.3f}")
         print(f"extraction / needed-blocks forward: wall {extract_s / forward_s:.3f} (overhead {100 * (extract_s / forward_s - 1):+.1f}%), "
               f"cpu {extract_cpu / forward_cpu:.3f} (overhead {100 * (extract_cpu / forward_cpu - 1):+.1f}%)")
         print(f"inside extraction: total / forward-pass time = {1 + min(outside_share):.3f} "
               f"(overhead {100 * min(outside_share):+.1f}%; all runs: {[f'{100 * x:+.1f}%' for x in outside_share]})")
+        best = int(np.argmin([t[0] for t in extract_times]))
+        per_token = extract_s / n_tokens
+        host = per_token * (1 - forward_share[best])
+        print(f"per token: {1e6 * per_token:.2f} us ({len(layers)} layers), of which forward passes "
+              f"{1e6 * (per_token - host):.2f} us, the rest of extract() (load, scan, tokenise, gather, write) {1e6 * host:.2f} us")
+        census = args.census_cells * args.census_tokens_per_cell
+        hours = census * per_token / 3600 / args.census_devices
+        print(f"census estimate: {args.census_cells:.3g} cells x {args.census_tokens_per_cell:.0f} tokens = "
+              f"{census:.3g} tokens on {args.census_devices} x {model.device.type}: {hours:,.1f} h at this model's "
+              f"per-token cost (host-side part alone: {census * host / 3600 / args.census_devices:,.1f} h); token "
+              f"stores {census * args.d_model * 4 / 1e12:,.1f} TB per layer in float32 at d={args.d_model}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     from extract.demo import prepare_demo
     from extract.models import load_model
-    from extract.run import SCAN_ROWS
+    from extract.scan import SCAN_ROWS
     from jaxsae.store.writer import MAX_SHARDS_IN_FLIGHT
 
     work = Path(args.work)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
 from extract.config import ExtractConfig
 from jaxsae.flags import parse
+from jaxsae.slurm import SlurmJob
 
 Positional = tyro.conf.Positional
 
@@ -50,12 +51,33 @@ class Extract:
     layers: Layers = (-1,)
     """Block indices, negative from the end (`--layers 4 -1` or `--layers 4,-1`)."""
     config: Annotated[ExtractConfig, tyro.conf.arg(name="")] = dataclasses.field(default_factory=ExtractConfig)
+    launch: Literal["here", "slurm"] = "here"
+    """here: extract in this process; slurm: write OUT_DIR/slurm/extract.sbatch, a job array of --workers
+    tasks, each this command with --worker i/N, and submit it with sbatch (extract.launch)."""
+    workers: int = 1
+    """Array tasks of --launch slurm (the N of every task's --worker i/N)."""
+    dry_run: bool = False
+    """With --launch slurm: write the script and print the sbatch command, submit nothing."""
+    slurm: SlurmJob = SlurmJob()
+    """How each array task of --launch slurm is allocated."""
 
 
 def run_extract(argv: Sequence[str], prog: str) -> int:
     """Run `jaxsae extract`; prints every store written. Bad input raises ExtractError, which `jaxsae.cli.main`
     prints as one `error: ...` line (exit status 2)."""
     args = parse(Extract, argv, prog, _REGISTRY)  # first: `--help` and bad flags never import torch
+    if args.launch == "slurm":
+        from extract.launch import launch_slurm
+
+        lines, _ = launch_slurm(args.adata, args.model, args.out_dir, list(args.layers), args.config, args.workers,
+                                args.slurm, args.dry_run)
+        print("\n".join(lines))
+        return 0
+    if args.dry_run or args.workers != 1:
+        from extract.errors import ExtractError
+
+        raise ExtractError(f"--dry_run / --workers {args.workers} without --launch slurm: they describe a job array; "
+                           "add --launch slurm, or use --worker i/N to run one worker here")
     from extract.run import extract
     from jaxsae.store import open_store
 

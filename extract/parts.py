@@ -8,7 +8,8 @@ Layout of a dataset written by N workers (`--worker i/N`, or SLURM array / torch
 Worker i extracts the global cells [bounds[i], bounds[i + 1]) (`partition`): contiguous, cut at multiples of
 cells_per_commit, so the parts' rows concatenated in part order are row for row those of a single-process
 extraction (same windows, same batches, same commits), and their statistics combine bitwise
-(jaxsae.store.NormStats.combined). Every worker scans all cells (token counts) to compute the same bounds.
+(jaxsae.store.NormStats.combined). Every worker computes the same bounds from the same cell scan, which the
+first worker writes into out_dir and the others reuse (extract.scan).
 
 dataset.json is created by the first worker to arrive and checked by every later one under an flock on
 out_dir: a worker whose extraction source (model, inputs, tokeniser and extraction settings) or worker count

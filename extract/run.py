@@ -19,7 +19,8 @@ Output folder:
     out_dir/extract.lock           while an extraction runs: its pid, host and token (one extraction per out_dir)
     out_dir/extraction.json        written last, when every store is complete: {"complete": true, ...}
 With workers (--worker i/N, SLURM arrays, torchrun) each {kind} folder is a dataset of part stores instead
-(extract.parts): layer_{L}/{kind}/dataset.json + part-{i:04d}-of-{N:04d}/, and no extraction.json.
+(extract.parts): layer_{L}/{kind}/dataset.json + part-{i:04d}-of-{N:04d}/, and no extraction.json; the
+workers share one cell scan, out_dir/cell_scan/{key}.npz (extract.scan).
 Every store's manifest `source` holds the model, checkpoint sha256, layer, kind, tokeniser settings and the
 AnnData file's sha256 (plus the model and AnnData paths, for people only); rows carry cell_index (AnnData
 row; with several files the global cell), token_id (model token) and position (in the model input, special
@@ -51,20 +52,20 @@ import numpy as np
 from extract.config import ExtractConfig
 from extract.counts import CountSources
 from extract.errors import ExtractError
-from extract.inputs import file_identity, resolve_inputs
+from extract.inputs import resolve_inputs
 from extract.models import load_model
 from extract.parts import Worker, finish_dataset, join_dataset, partition, resolve_worker
+from extract.scan import CellScan, scan_cells, shared_scan
 from extract.windows import Stores, run_windows
 from jaxsae.atomic import write_atomic
 from jaxsae.differences import differences
 from jaxsae.store import FolderLock, StoreError, StoreWriteError
 from jaxsae.store.genes import write_genes
-from jaxsae.store.manifest import obs_names_sha256, read_manifest
+from jaxsae.store.manifest import read_manifest
 
 INDEX_FILE = "extraction.json"
 SKIPPED_FILE = "skipped_cells.json"
 LOCK_FILE = "extract.lock"
-SCAN_ROWS = 4096  # cells per block in the validation pass
 # recorded for people, never compared: outputs match by content
 PATH_FIELDS = ("model_dir", "adata.path", "adata.paths")
 # Derived from fields that are compared (adata.sha256), and absent from outputs written before it was recorded.
@@ -87,27 +88,6 @@ class ExtractionLock(FolderLock):
 def store_paths(out_dir: Path, layers: list[int], kinds: list[str]) -> dict[tuple[int, str], Path]:
     """{(layer, kind): store folder}, in the fixed commit order."""
     return {(layer, kind): out_dir / f"layer_{layer}" / kind for layer in layers for kind in kinds}
-
-
-def scan_counts(source: CountSources, tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """One pass over the matrix: refuse non-counts, and return per cell ([n_cells] int64 each) the sequence
-    length in gene tokens and the number of expressed model genes."""
-    n_tokens = np.zeros(source.n_cells, np.int64)
-    n_expressed = np.zeros(source.n_cells, np.int64)
-    any_counts = False
-    for start in range(0, source.n_cells, SCAN_ROWS):
-        counts = source.rows(start, min(start + SCAN_ROWS, source.n_cells))
-        any_counts |= counts.nnz > 0
-        n_tokens[start : start + counts.shape[0]] = tokenizer.n_genes(counts)
-        n_expressed[start : start + counts.shape[0]] = tokenizer.plan.n_expressed(counts)
-    if not any_counts:
-        raise ExtractError(f"{source.name}: the count matrix ({source.counts_layer}) is all zeros: no counts")
-    if not n_expressed.any():
-        raise ExtractError(
-            f"{source.name}: no cell expresses any of the {tokenizer.plan.n_genes} genes the model knows; check "
-            "gene_column and counts_layer"
-        )
-    return n_tokens, n_expressed
 
 
 def _refuse(where: Path, diffs: list[str]) -> ExtractError:
@@ -178,19 +158,21 @@ def extract(
         full_counts = source.rows(0, source.n_cells) if model.kind == "scgpt" and _wants_hvg(model, config) else None
         tokenizer = model.make_tokenizer(source.var, counts=full_counts, **config.tokenizer_options())
         del full_counts
-        n_tokens, n_expressed = scan_counts(source, tokenizer)
+        worker = resolve_worker(config.worker)
+        scan = (scan_cells(source, tokenizer) if worker is None else  # workers share one scan (extract.scan)
+                shared_scan(out_dir, source, config.gene_column, tokenizer, model.describe()))
+        n_tokens, n_expressed = scan.n_tokens, scan.n_expressed
         skipped = np.flatnonzero(n_expressed == 0)
         has_cls = getattr(model, "cls_token_id", None) is not None
         kinds = ["tokens"] + (["cell_mean"] + (["cell_cls"] if has_cls else []) if config.cell_embeddings else [])
         common = {
             **model.describe(),
             "tokenizer": tokenizer.settings(),
-            "adata": adata_source(source, len(skipped)),
+            "adata": adata_source(source, scan, len(skipped)),
             "extraction": {"cells_per_commit": config.cells_per_commit, "batch_size": config.batch_size,
                            "include_special_tokens": config.include_special_tokens,
                            "compute_dtype": config.compute_dtype},
         }
-        worker = resolve_worker(config.worker)
         datasets = store_paths(out_dir, layers, kinds)  # with workers: dataset folders, holding the parts
         sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in datasets}
         cells, part_progress, paths = range(source.n_cells), {}, datasets
@@ -243,13 +225,13 @@ def extract(
     return result
 
 
-def adata_source(source: CountSources, n_skipped: int) -> dict:
+def adata_source(source: CountSources, scan: CellScan, n_skipped: int) -> dict:
     """The manifest's source["adata"]: one file as {path, sha256, obs_names_sha256, n_cells, counts_layer,
     n_cells_skipped}; several as {paths, files: [{identity, n_cells, first_cell, obs_names_sha256}], n_cells,
-    counts_layer, n_cells_skipped} (identity: `extract.inputs.file_identity`; paths are never compared)."""
+    counts_layer, n_cells_skipped} (identity: `extract.inputs.file_identity`, from the scan; paths are never
+    compared)."""
     totals = {"n_cells": source.n_cells, "counts_layer": source.counts_layer, "n_cells_skipped": int(n_skipped)}
-    files = [{**file_identity(path), "obs_names_sha256": obs_names_sha256(source.file(f).obs_names())}
-             for f, path in enumerate(source.paths)]
+    files = [dict(entry) for entry in scan.files]
     if len(files) == 1:
         return {"path": str(source.paths[0].resolve()), **files[0], **totals}
     for f, entry in enumerate(files):

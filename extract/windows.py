@@ -173,7 +173,7 @@ class Writer:
 
 def run_windows(model, tokenizer, source, stores: Stores, layers, n_tokens, n_expressed, config, has_cls):
     """Extract the cells `stores.cells` not yet committed, window by window. n_tokens, n_expressed: [n_cells]
-    int64 per global cell (see `scan_counts`)."""
+    int64 per global cell (see `extract.scan.scan_cells`)."""
     from tqdm.auto import tqdm
 
     window = config.cells_per_commit

@@ -1,11 +1,14 @@
 """Many workers, one dataset: which worker a process is, the token-balanced contiguous partition, part stores
 that concatenate to the single-process store, and refusals of workers that do not belong together."""
 
+import collections
 import json
+import os
 
 import numpy as np
 import pytest
 
+from extract import scan as cell_scan
 from extract.errors import ExtractError
 from extract.parts import Worker, partition, resolve_worker
 from extract.run import extract
@@ -71,7 +74,32 @@ def test_parts_concatenate_to_the_single_process_store_and_the_last_worker_marks
         np.testing.assert_array_equal(np.concatenate([p.read_metadata(0, p.n_rows)[name] for p in parts]), values)
     assert NormStats.combined([p.norm for p in parts]) == single.norm
     assert parts[1].progress == {"cells_done": 20, "cells_total": 20, "part": "part-0001-of-0003", "cells_first": 12}
-    assert sorted(p.name for p in out.iterdir()) == ["layer_1", "skipped_cells.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cell_scan", "layer_1", "skipped_cells.json"]
+
+
+def test_the_workers_scan_and_hash_the_inputs_once_and_rescan_a_changed_file(case, tmp_path, monkeypatch):
+    adata, model, single = case
+    calls = collections.Counter()
+
+    def counted(name, function):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(cell_scan, "scan_cells", counted("scan", cell_scan.scan_cells))
+    monkeypatch.setattr(cell_scan, "file_identity", counted("hash", cell_scan.file_identity))
+    out = tmp_path / "out"
+    for i in (1, 0):
+        extract(adata, model, out, worker=f"{i}/3", **OPTIONS)
+    assert calls == {"scan": 1, "hash": 1}  # the second worker read the first one's scan
+    extract(adata, model, out, worker="2/3", **OPTIONS)  # started after the scan exists: no rescan either
+    assert calls == {"scan": 1, "hash": 1}
+    assert open_store(out / "layer_1/tokens").source["adata"] == single.source["adata"]
+    stat = adata.stat()
+    os.utime(adata, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten in place (same bytes here)
+    extract(adata, model, out, worker="2/3", **OPTIONS)
+    assert calls == {"scan": 2, "hash": 2} and len(list((out / "cell_scan").iterdir())) == 2
 
 
 def test_workers_with_different_settings_or_counts_are_refused_naming_what_differs(case, tmp_path):

@@ -116,3 +116,46 @@ def test_stores_of_different_widths_are_not_read_as_one(stores, tmp_path):
     with pytest.raises(StoreError, match=rf"store {tmp_path / 'wide'} has d_model=17, but .*single has 16; expected "
                                          r"every store of a dataset to share d_model"):
         open_store(f"{single},{tmp_path / 'wide'}")
+
+
+def test_store_info_and_verify_describe_every_part_of_a_dataset_complete_or_not(stores, tmp_path, capsys):
+    from jaxsae.cli import main
+
+    _, folder = stores
+    assert main(["store", "info", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "status     complete" in out
+    assert "part       part-0001-of-0003  cells 3 to 5  683 rows  complete" in out
+    assert main(["store", "verify", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "parts      3 of 3 complete; 1,972 committed rows read"
+    assert out[-1].startswith("verify: OK: 3 parts complete")
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset.json").write_text((folder / "dataset.json").read_text())
+    write_store(broken / "part-0000-of-0003", range(0, 3), 0, part="part-0000-of-0003")
+    writer = StoreWriter.create(broken / "part-0002-of-0003", d_model=D, shard_rows=256, chunk_rows=64,
+                                progress={"cells_done": 5, "cells_total": 8})
+    writer.append(window_rows(5))
+    writer.commit(progress={"cells_done": 6, "cells_total": 8})
+    assert main(["store", "info", str(broken)]) == 0  # described, not refused
+    assert capsys.readouterr().out.splitlines() == [
+        f"dataset    {broken}",
+        "status     INCOMPLETE: 1 of 3 parts complete; 765 rows committed so far",
+        "part       part-0000-of-0003  cells 0 to 3  554 rows  complete",
+        "part       part-0001-of-0003  cells 3 to 5  -  missing",
+        "part       part-0002-of-0003  cells 5 to 8  211 rows  INCOMPLETE: stopped at cell 6 of 5 to 8",
+        "to do      part-0001-of-0003: run (or rerun) worker 1: the same jaxsae extract command with --worker 1/3, "
+        "or the array task that is worker 1",
+        "to do      part-0002-of-0003: run (or rerun) worker 2: the same jaxsae extract command with --worker 2/3, "
+        "or the array task that is worker 2"]
+    assert main(["store", "verify", str(broken)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "parts      1 of 3 complete; 765 committed rows read"
+    assert [line for line in out if line.startswith("problem:")] == [
+        "problem: part-0001-of-0003 (cells 3 to 5) is missing; run (or rerun) worker 1: the same jaxsae extract "
+        "command with --worker 1/3, or the array task that is worker 1",
+        "problem: part-0002-of-0003 (cells 5 to 8) is INCOMPLETE: stopped at cell 6 of 5 to 8; run (or rerun) "
+        "worker 2: the same jaxsae extract command with --worker 2/3, or the array task that is worker 2"]
+    assert out[-1] == f"verify: 2 problem(s) found in {broken}"

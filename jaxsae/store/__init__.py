@@ -9,7 +9,9 @@ A store is one folder per (model, layer, kind):
     genes.tsv       token id -> Ensembl id, symbol (extraction stores; `load_genes`, jaxsae.store.genes)
 Only rows [0, rows_committed) are valid; `StoreWriter` writes them, `open_store` reads them, `verify_store`
 checks them all. `open_store` also reads a dataset (extraction workers' part stores, or a comma-separated list
-of stores) as one store (jaxsae.store.dataset). `FolderLock` keeps one writer per folder (extractions, trainers).
+of stores) as one store (jaxsae.store.dataset); `describe_store` and `verify_store` also take a dataset folder
+whose parts are missing or unfinished, and say which. `FolderLock` keeps one writer per folder (extractions,
+trainers).
 """
 
 from __future__ import annotations

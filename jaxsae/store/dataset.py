@@ -12,6 +12,7 @@ dataset.json (written by `extract.parts`): {"format": "jaxsae dataset", "complet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,7 +28,69 @@ LIST_SEPARATOR = ","  # data.store "a,b,c": stores a, b and c read as one
 
 def is_dataset(path: str | Path) -> bool:
     """Whether `path` names several stores: a dataset folder, or a comma-separated list of store folders."""
-    return (Path(path) / DATASET_FILE).is_file() or (LIST_SEPARATOR in str(path) and not Path(path).exists())
+    return is_dataset_folder(path) or (LIST_SEPARATOR in str(path) and not Path(path).exists())
+
+
+def is_dataset_folder(path: str | Path) -> bool:
+    """Whether `path` is a dataset folder (holds dataset.json)."""
+    return (Path(path) / DATASET_FILE).is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One part of a dataset as found on disk: its folder, global cells [first, stop), its manifest (None when
+    the part is missing) and its position among n_parts."""
+
+    path: Path
+    cells: tuple[int, int]
+    manifest: Manifest | None
+    index: int
+    n_parts: int
+
+    @property
+    def is_complete(self) -> bool:
+        return self.manifest is not None and self.manifest.is_complete
+
+    @property
+    def rerun(self) -> str:
+        """How to finish this part."""
+        return (f"run (or rerun) worker {self.index}: the same jaxsae extract command with --worker "
+                f"{self.index}/{self.n_parts}, or the array task that is worker {self.index}")
+
+    def state(self) -> str:
+        """"missing", "complete" or "INCOMPLETE: cell k of first to stop" (one word or phrase, for tables)."""
+        if self.manifest is None:
+            return "missing"
+        if self.is_complete:
+            return "complete"
+        done, total = self.manifest.extraction_progress
+        return f"INCOMPLETE: stopped at cell {done:,} of {self.cells[0]:,} to {total:,}"
+
+    def line(self) -> str:
+        """One row of `jaxsae store info` on a dataset: name, cells, state, rows."""
+        rows = "-" if self.manifest is None else f"{self.manifest.rows_committed:,} rows"
+        return (f"part       {self.path.name}  cells {self.cells[0]:,} to {self.cells[1]:,}  {rows}  "
+                f"{self.state()}")
+
+
+def dataset_state(path: str | Path) -> tuple[list[Part], dict]:
+    """(every part of the dataset folder `path`, as found, in order; the dataset.json record). Reads only;
+    raises StoreError only when dataset.json (or a part's manifest) cannot be read."""
+    folder = Path(path)
+    try:
+        record = json.loads((folder / DATASET_FILE).read_text())
+        entries, n_parts = record["parts"], record["n_parts"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"dataset {folder}: {DATASET_FILE} cannot be read ({err}); expected the record written by "
+                         "jaxsae extract --worker; rerun one worker to rewrite it") from None
+    parts = []
+    for i, entry in enumerate(entries):
+        part_path = folder / entry["path"]
+        manifest_file = part_path / "manifest.json"
+        manifest = (Manifest.from_json(manifest_file.read_text(), where=str(part_path))
+                    if manifest_file.is_file() else None)
+        parts.append(Part(part_path, (int(entry["cells"][0]), int(entry["cells"][1])), manifest, i, n_parts))
+    return parts, record
 
 
 def dataset_parts(path: str | Path) -> tuple[list[Path], dict | None]:
@@ -37,27 +100,31 @@ def dataset_parts(path: str | Path) -> tuple[list[Path], dict | None]:
     that finishes it."""
     if LIST_SEPARATOR in str(path) and not Path(path).exists():
         return [Path(p) for p in str(path).split(LIST_SEPARATOR) if p], None
-    folder = Path(path)
-    try:
-        record = json.loads((folder / DATASET_FILE).read_text())
-        parts, n_parts = record["parts"], record["n_parts"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise StoreError(f"dataset {folder}: {DATASET_FILE} cannot be read ({err}); expected the record written by "
-                         "jaxsae extract --worker; rerun one worker to rewrite it") from None
-    for i, part in enumerate(parts):
-        part_path = folder / part["path"]
-        rerun = (f"run (or rerun) worker {i}: the same jaxsae extract command with --worker {i}/{n_parts}, or the "
-                 f"array task that is worker {i}")
-        if not (part_path / "manifest.json").is_file():
-            raise StoreError(f"dataset {folder}: part {part['path']} (cells {part['cells'][0]:,} to "
-                             f"{part['cells'][1]:,}) is missing; expected all {n_parts} parts; {rerun}")
-        manifest = Manifest.from_json((part_path / "manifest.json").read_text(), where=str(part_path))
-        if not manifest.is_complete:
-            done, total = manifest.extraction_progress
-            raise StoreError(f"dataset {folder}: part {part['path']} is incomplete (its extraction stopped at cell "
-                             f"{done:,} of {part['cells'][0]:,} to {total:,}); expected all {n_parts} parts "
-                             f"complete; {rerun}: it resumes")
-    return [folder / part["path"] for part in parts], record.get("source")
+    parts, record = dataset_state(path)
+    for part in parts:
+        name, (first, stop) = part.path.name, part.cells
+        if part.manifest is None:
+            raise StoreError(f"dataset {path}: part {name} (cells {first:,} to {stop:,}) is missing; expected all "
+                             f"{part.n_parts} parts; {part.rerun}")
+        if not part.is_complete:
+            done, total = part.manifest.extraction_progress
+            raise StoreError(f"dataset {path}: part {name} is incomplete (its extraction stopped at cell "
+                             f"{done:,} of {first:,} to {total:,}); expected all {part.n_parts} parts "
+                             f"complete; {part.rerun}: it resumes")
+    return [part.path for part in parts], record.get("source")
+
+
+def describe_unfinished(path: str | Path, parts: list[Part]) -> str:
+    """What `jaxsae store info` prints for a dataset with a missing or incomplete part: every part (cells,
+    rows, state) and what is left to run."""
+    complete = sum(part.is_complete for part in parts)
+    rows = sum(part.manifest.rows_committed for part in parts if part.manifest is not None)
+    todo = [part for part in parts if not part.is_complete]
+    lines = [f"dataset    {path}",
+             f"status     INCOMPLETE: {complete} of {len(parts)} parts complete; {rows:,} rows committed so far",
+             *(part.line() for part in parts)]
+    lines += [f"to do      {part.path.name}: {part.rerun}" for part in todo]
+    return "\n".join(lines)
 
 
 def concatenated(stores: list, source: dict | None) -> tuple[Manifest, dict]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxsae.errors import StoreError
-from jaxsae.store.dataset import concatenated, dataset_parts, is_dataset
+from jaxsae.store.dataset import (concatenated, dataset_parts, dataset_state, describe_unfinished, is_dataset,
+                                  is_dataset_folder)
 from jaxsae.store.layout import ACTS, METADATA_DTYPES, open_arrays
 from jaxsae.store.manifest import Manifest, NormStats, read_manifest
 
@@ -31,8 +32,15 @@ def open_store(path: str | Path) -> ActivationStore:
 
 
 def describe_store(path: str | Path) -> str:
-    """The human summary of the store at `path` (what `jaxsae store info` prints)."""
-    return open_store(path).describe()
+    """The human summary of the store at `path` (what `jaxsae store info` prints). A dataset folder lists its
+    parts too; one with a missing or incomplete part is described part by part, with what is left to run,
+    instead of refused."""
+    if not is_dataset_folder(path):
+        return open_store(path).describe()
+    parts, _ = dataset_state(path)
+    if not all(part.is_complete for part in parts):
+        return describe_unfinished(path, parts)
+    return "\n".join([open_store(path).describe(), *(part.line() for part in parts)])
 
 
 class ActivationStore:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxsae.errors import StoreError
+from jaxsae.store.dataset import Part, dataset_state, is_dataset_folder
 from jaxsae.store.layout import ACTS, METADATA_DTYPES, METADATA_FILL, open_arrays
 from jaxsae.store.manifest import Manifest, read_manifest
 
@@ -51,12 +52,55 @@ class VerifyReport:
         return head + problems + [summary]
 
 
-def verify_store(path: str | Path) -> VerifyReport:
+@dataclasses.dataclass(frozen=True)
+class DatasetVerifyReport:
+    """What `verify_store` found in a dataset folder: every part as found, and the report of each part present
+    (None for a missing part)."""
+
+    path: Path
+    parts: list[Part]
+    reports: list[VerifyReport | None]
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per problem: a missing or incomplete part (with the worker that finishes it), then every
+        problem of a part's rows."""
+        problems = []
+        for part, report in zip(self.parts, self.reports):
+            if not part.is_complete:
+                problems.append(f"{part.path.name} (cells {part.cells[0]:,} to {part.cells[1]:,}) is "
+                                f"{part.state()}; {part.rerun}")
+            if report is not None:
+                problems += [f"{part.path.name}: {p}" for p in report.problems if p != report.manifest.status]
+        return problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """What `jaxsae store verify` prints for a dataset: a header, one line per part, one per problem, then
+        a summary line."""
+        rows = sum(report.rows_checked for report in self.reports if report is not None)
+        complete = sum(part.is_complete for part in self.parts)
+        head = [f"dataset    {self.path}", f"parts      {complete} of {len(self.parts)} complete; {rows:,} committed "
+                "rows read", *(part.line() for part in self.parts)]
+        summary = (f"verify: OK: {len(self.parts)} parts complete, {rows:,} committed rows finite, norm statistics "
+                   "and metadata match each part's manifest" if self.ok else
+                   f"verify: {len(self.problems)} problem(s) found in {self.path}")
+        return head + [f"problem: {p}" for p in self.problems] + [summary]
+
+
+def verify_store(path: str | Path) -> VerifyReport | DatasetVerifyReport:
     """Check the store at `path`: manifest (schema, sizes), arrays covering rows_committed, every committed row
     finite (scanned in whole inner chunks), norm statistics recomputed and compared with the manifest's
     (relative tolerance NORM_RTOL), metadata sanity, and completeness. Problems are reported, not raised;
-    raises StoreError only when `path` is no usable store (no folder, no or unreadable manifest.json)."""
+    raises StoreError only when `path` is no usable store (no folder, no or unreadable manifest.json). A dataset
+    folder (jaxsae.store.dataset) is checked part by part: a missing or incomplete part is a problem."""
     path = Path(path)
+    if is_dataset_folder(path):
+        parts, _ = dataset_state(path)
+        return DatasetVerifyReport(path, parts, [None if p.manifest is None else verify_store(p.path) for p in parts])
     manifest = read_manifest(path)
     block_rows = max(1, SCAN_BYTES // (manifest.chunk_rows * manifest.d_model * 4)) * manifest.chunk_rows
     empty = np.zeros(0, np.int64)

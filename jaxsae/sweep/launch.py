@@ -19,11 +19,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 
-from jaxsae.errors import ConfigError, SchedulerError
+from jaxsae.errors import ConfigError
+from jaxsae.slurm import array_script, write_and_submit
 from jaxsae.sweep.plan import MEMORY_FRACTION, Plan, plan_sweep
 from jaxsae.sweep.run import claim, run_plan
 from jaxsae.sweep.spec import load_spec, set_dotted
@@ -76,25 +75,14 @@ def launch(spec_path: str | os.PathLike, backend: Backend = "local", out: str | 
 
 def slurm_script(plan: Plan, out: str, opts: SlurmOptions) -> str:
     """The job-array script: task i trains pack i (`jaxsae sweep run-pack OUT PACK` under srun)."""
-    last = len(plan.packs) - 1
-    lines = ["#!/bin/bash", f"#SBATCH --job-name=jaxsae-{plan.spec.name}",
-             f"#SBATCH --array=0-{last}" + (f"%{opts.max_running}" if opts.max_running else ""),
-             f"#SBATCH --output={os.path.join(out, 'slurm', '%A_%a.out')}",
-             f"#SBATCH --ntasks={opts.tasks_per_pack}"]
-    for flag, value in (("nodes", opts.nodes), ("gpus-per-task", opts.gpus_per_task or None),
-                        ("cpus-per-task", opts.cpus_per_task), ("partition", opts.partition), ("time", opts.time)):
-        if value is not None:
-            lines.append(f"#SBATCH --{flag}={value}")
-    lines += [f"#SBATCH --{option.lstrip('-')}" for option in opts.sbatch]
     run_pack = [sys.executable, "-m", "jaxsae.cli", "sweep", "run-pack", out]
-    lines += ["set -euo pipefail",
-              f"packs=({' '.join(p.name for p in plan.packs)})",
-              'pack=${packs[$SLURM_ARRAY_TASK_ID]}',
-              f'echo "jaxsae sweep {plan.spec.name}: $pack, slurm job ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}'
-              f' (job id $SLURM_JOB_ID) on $(hostname)"',
-              f"cd {shlex.quote(os.getcwd())}",
-              f'srun --ntasks={opts.tasks_per_pack} {shlex.join(run_pack)} "$pack" --no_progress']
-    return "\n".join(lines) + "\n"
+    body = [f"packs=({' '.join(p.name for p in plan.packs)})",
+            'pack=${packs[$SLURM_ARRAY_TASK_ID]}',
+            f'echo "jaxsae sweep {plan.spec.name}: $pack, slurm job ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}'
+            f' (job id $SLURM_JOB_ID) on $(hostname)"',
+            f'srun --ntasks={opts.tasks_per_pack} {shlex.join(run_pack)} "$pack" --no_progress']
+    return array_script(f"jaxsae-{plan.spec.name}", len(plan.packs), os.path.join(out, "slurm"), opts, body,
+                        ntasks=opts.tasks_per_pack, nodes=opts.nodes)
 
 
 def tpu_command(out: str, opts: TpuOptions) -> list[str]:
@@ -108,23 +96,11 @@ def tpu_command(out: str, opts: TpuOptions) -> list[str]:
 
 def _launch_slurm(plan: Plan, out: str, opts: SlurmOptions, dry_run: bool) -> Launched:
     script = os.path.join(out, SLURM_SCRIPT)
-    os.makedirs(os.path.dirname(script), exist_ok=True)
-    with open(script, "w") as f:
-        f.write(slurm_script(plan, out, opts))
-    command = ["sbatch", "--parsable", script]
+    shown, job_id = write_and_submit(script, slurm_script(plan, out, opts), dry_run, "fix the --slurm.* options")
     lines = [f"slurm script: {script} ({len(plan.packs)} array tasks, logs {os.path.dirname(script)}/JOB_TASK.out)"]
-    if dry_run:
-        return Launched(out, plan, lines + [f"submit with: {shlex.join(command)}"])
-    if shutil.which("sbatch") is None:
-        raise SchedulerError(f"sbatch: not found on PATH; run this on a SLURM login node, or submit the script "
-                             f"yourself: {shlex.join(command)}")
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SchedulerError(f"sbatch refused {script} (exit {proc.returncode}): "
-                             f"{' '.join(proc.stderr.split()) or 'no message'}; fix the --slurm.* options")
-    job_id = proc.stdout.strip().split(";")[0]
-    return Launched(out, plan, lines + [f"submitted: slurm job {job_id} (squeue -j {job_id}); when it has "
-                                        f"finished: jaxsae sweep summary {out}"], job_id)
+    if job_id is not None:
+        shown = [f"{shown[0]}; when it has finished: jaxsae sweep summary {out}"]
+    return Launched(out, plan, lines + shown, job_id)
 
 
 def _launch_tpu(spec, out, budget: int | None, opts: TpuOptions) -> Launched:

@@ -7,39 +7,26 @@ import dataclasses
 from typing import Literal
 
 from jaxsae.errors import ConfigError
+from jaxsae.slurm import SlurmJob
 from jaxsae.validation import checks_deferred
 
 Backend = Literal["local", "slurm", "tpu-pod"]
 
 
 @dataclasses.dataclass(frozen=True)
-class SlurmOptions:
-    """How each pack's array task is allocated (`--backend slurm`)."""
+class SlurmOptions(SlurmJob):
+    """How each pack's array task is allocated (`--backend slurm`): jaxsae.slurm.SlurmJob plus the processes of
+    a pack."""
 
-    partition: str | None = None
-    """Partition (sbatch --partition); default: the cluster's default one."""
-    time: str | None = None
-    """Time limit of one pack (sbatch --time), e.g. 04:00:00."""
     tasks_per_pack: int = 1
     """Processes per pack (sbatch --ntasks, started with srun; jax.distributed detects them)."""
     nodes: int | None = None
     """Nodes per pack (sbatch --nodes); default: as SLURM places the tasks."""
-    gpus_per_task: int = 0
-    """GPUs per process (sbatch --gpus-per-task); 0: CPU only."""
-    cpus_per_task: int | None = None
-    """CPU cores per process (sbatch --cpus-per-task)."""
-    max_running: int = 0
-    """Most packs running at once (the array's %N limit); 0: as many as the cluster allows."""
-    sbatch: tuple[str, ...] = ()
-    """Further sbatch options, one #SBATCH line each, written NAME=VALUE: account=bio mem=64G."""
 
     def __post_init__(self):
-        if checks_deferred():
-            return
-        for name in ("tasks_per_pack", "gpus_per_task", "max_running"):
-            if getattr(self, name) < (1 if name == "tasks_per_pack" else 0):
-                raise ConfigError(f"slurm.{name}={getattr(self, name)}: expected an integer >= "
-                                  f"{1 if name == 'tasks_per_pack' else 0}")
+        super().__post_init__()
+        if not checks_deferred() and self.tasks_per_pack < 1:
+            raise ConfigError(f"slurm.tasks_per_pack={self.tasks_per_pack}: expected an integer >= 1")
 
     @property
     def devices_per_pack(self) -> int:
