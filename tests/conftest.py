@@ -80,3 +80,12 @@ batch_rows = 256
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """A running one-node SLURM cluster for this test (tests/slurm_cluster.py); yields the folder of its logs."""
+    from slurm_cluster import running_cluster
+
+    with running_cluster(tmp_path / "slurm", monkeypatch) as root:
+        yield root

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from test_sweep_slurm import logs, slurm  # noqa: F401  (the one-node SLURM fixture)
+from slurm_cluster import logs
 
 from extract.errors import ExtractError
 from extract.run import extract
