@@ -74,7 +74,9 @@ class _WindowCache:
     def _submit(self, key: tuple) -> concurrent.futures.Future:
         if key not in self._futures:
             self._futures[key] = self._pool.submit(self._load, *key)
-            while len(self._futures) > 4 * max(1, len({k[2] for k in self._futures})):
+            # Per stream: the window being consumed and the next one (read ahead). A batch that straddles two
+            # windows asks for them in order, so an older window is never asked for again.
+            while len(self._futures) > 2 * max(1, len({k[2] for k in self._futures})):
                 self._futures.popitem(last=False)
         self._futures.move_to_end(key)
         return self._futures[key]
