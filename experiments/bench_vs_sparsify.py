@@ -11,7 +11,8 @@ all this script needs besides jaxsae. Each round runs jaxsae, then sparsify, eac
 - held-out FVU: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the same `--heldout` rows (rows after the
   training rows of the same synthetic distribution), after the same number of steps, computed in numpy from
   each trainer's reconstruction of the raw rows.
-- peak RSS: the child's ru_maxrss (imports, data and all).
+- peak RSS: the child's ru_maxrss (imports, data and all), after training and, in brackets, after the
+  imports alone (the held-out evaluation comes after both readings).
 
 Both trainers see the same rows once each (jaxsae in its block-shuffled order from an activation store,
 sparsify in order from a .npy memmap of the same rows, so the sparsify child never imports jax), TopK with
@@ -70,14 +71,17 @@ def make_data(folder: str, args: argparse.Namespace) -> None:
 def child_jaxsae(folder: str, args: argparse.Namespace) -> dict:
     import jaxsae
 
+    rss_imports = peak_rss_mb()
     run_dir = os.path.join(folder, f"jaxsae-run-{os.getpid()}")
     cfg = jaxsae.load_config(None, [
         f"data.store={os.path.join(folder, STORE_DIR)}", f"run_dir={run_dir}", f"steps={args.steps}",
         f"data.batch_rows={args.batch}", f"log_every={args.timing_warmup}", "progress=false",
         "sae.architecture=topk", f"sae.d_model={args.d}", f"sae.n_latents={args.n}", f"sae.k={args.k}",
         f"optim.lr={args.lr}", f"optim.warmup_steps={args.warmup}", "optim.decay_fraction=1.0",
+        *args.jaxsae_override,
     ])
     result = jaxsae.fit(cfg)
+    rss_trained = peak_rss_mb()
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     timed = [r for r in records if r.get("member") == 0 and r["step"] > args.timing_warmup]
@@ -85,7 +89,8 @@ def child_jaxsae(folder: str, args: argparse.Namespace) -> dict:
     heldout = np.load(os.path.join(folder, HELDOUT_FILE))
     d = jaxsae.load(result.dictionaries[0])
     x_hat = d.decode(d.encode(heldout))
-    return {"rows_per_s": len(timed) * args.timing_warmup * args.batch / seconds, "fvu": fvu(heldout, x_hat)}
+    return {"rows_per_s": len(timed) * args.timing_warmup * args.batch / seconds, "fvu": fvu(heldout, x_hat),
+            "rss_imports_mb": rss_imports, "rss_trained_mb": rss_trained}
 
 
 def child_sparsify(folder: str, args: argparse.Namespace) -> dict:
@@ -93,6 +98,7 @@ def child_sparsify(folder: str, args: argparse.Namespace) -> dict:
     from sparsify import SparseCoder, SparseCoderConfig
     from transformers import get_linear_schedule_with_warmup
 
+    rss_imports = peak_rss_mb()
     torch.manual_seed(0)
     rows = np.load(os.path.join(folder, ROWS_FILE), mmap_mode="r")
     sae = SparseCoder(args.d, SparseCoderConfig(num_latents=args.n, k=args.k), "cpu", dtype=torch.float32)
@@ -120,15 +126,17 @@ def child_sparsify(folder: str, args: argparse.Namespace) -> dict:
             since_fired[did_fire] = 0
             did_fire.zero_()
     seconds = time.perf_counter() - t_start
+    rss_trained = peak_rss_mb()
     heldout = np.load(os.path.join(folder, HELDOUT_FILE))
     sae.set_decoder_norm_to_unit_norm()  # as its Trainer before saving: the dictionary users get
     with torch.no_grad():
         x_hat = sae(torch.from_numpy(heldout)).sae_out.numpy()
-    return {"rows_per_s": (args.steps - args.timing_warmup) * args.batch / seconds, "fvu": fvu(heldout, x_hat)}
+    return {"rows_per_s": (args.steps - args.timing_warmup) * args.batch / seconds, "fvu": fvu(heldout, x_hat),
+            "rss_imports_mb": rss_imports, "rss_trained_mb": rss_trained}
 
 
 def run_child(trainer: str, folder: str, argv: list[str]) -> dict:
-    """One trainer in a fresh process; its result line (rows_per_s, fvu, peak_rss_mb) parsed."""
+    """One trainer in a fresh process; its result line (rows_per_s, fvu, rss_imports_mb, rss_trained_mb) parsed."""
     done = subprocess.run([sys.executable, __file__, "--child", trainer, "--folder", folder, *argv],
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -147,6 +155,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(n / 2^14)")
     ap.add_argument("--features", type=int, default=4096, help="true features of the synthetic data")
     ap.add_argument("--heldout", type=int, default=4096)
+    ap.add_argument("--jaxsae_override", nargs="*", default=[],
+                    help="extra jaxsae config overrides, e.g. data.prefetch=1 (memory experiments)")
     ap.add_argument("--child", choices=("jaxsae", "sparsify"), help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -157,7 +167,7 @@ def main() -> None:
 
     if args.child:
         out = (child_jaxsae if args.child == "jaxsae" else child_sparsify)(args.folder, args)
-        print(json.dumps({**out, "peak_rss_mb": peak_rss_mb()}))
+        print(json.dumps(out))
         return
 
     print(f"TopK d={args.d} n={args.n} k={args.k} batch={args.batch} steps={args.steps} fp32 Adam lr={args.lr:.3g}; "
@@ -167,10 +177,11 @@ def main() -> None:
         for r in range(args.rounds):
             ours = run_child("jaxsae", folder, sys.argv[1:])
             theirs = run_child("sparsify", folder, sys.argv[1:])
-            print(f"round {r + 1}: jaxsae {ours['rows_per_s']:9,.0f} rows/s  FVU {ours['fvu']:.4f}  "
-                  f"peak RSS {ours['peak_rss_mb']:6,.0f} MB | sparsify {theirs['rows_per_s']:9,.0f} rows/s  "
-                  f"FVU {theirs['fvu']:.4f}  peak RSS {theirs['peak_rss_mb']:6,.0f} MB | "
-                  f"rows/s ratio {ours['rows_per_s'] / theirs['rows_per_s']:.2f}", flush=True)
+            print(f"round {r + 1}: " + " | ".join(
+                f"{name} {out['rows_per_s']:9,.0f} rows/s  FVU {out['fvu']:.4f}  peak RSS "
+                f"{out['rss_trained_mb']:6,.0f} MB ({out['rss_imports_mb']:,.0f} after imports)"
+                for name, out in (("jaxsae", ours), ("sparsify", theirs)))
+                + f" | rows/s ratio {ours['rows_per_s'] / theirs['rows_per_s']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
