@@ -11,7 +11,7 @@ all this script needs besides jaxsae. Each round runs jaxsae, then sparsify, eac
 - held-out FVU: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the same `--heldout` rows (rows after the
   training rows of the same synthetic distribution), after the same number of steps, computed in numpy from
   each trainer's reconstruction of the raw rows.
-- peak RSS: the child's ru_maxrss (imports, data and all), after training and, in brackets, after the
+- peak RSS: the child's VmHWM (imports, data and all), after training and, in brackets, after the
   imports alone (the held-out evaluation comes after both readings).
 
 Both trainers see the same rows once each (jaxsae in its block-shuffled order from an activation store,
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,8 +48,10 @@ def fvu(x: np.ndarray, x_hat: np.ndarray) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size in MB: Linux's VmHWM, which starts afresh at exec (ru_maxrss does
+    not: a child forked from a large parent starts at the parent's size)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def make_data(folder: str, args: argparse.Namespace) -> None:
