@@ -56,6 +56,8 @@ SHRINK = [
      r"\1\2 --rows 20000 --n-latents 512 --k 8 --compare-rows 4096 --repeats 1\3"),
     (r"^(\.venv/bin/python experiments/bench_sweep\.py)(.*?)(\s+#.*)?$",
      r"\1\2 --members 2 --steps 10 --batch 256 --repeats 1\3"),
+    (r"^(\.venv/bin/python experiments/bench_vs_sparsify\.py)(.*?)(\s+#.*)?$",
+     r"\1\2 --d 16 --n 128 --k 4 --batch 128 --steps 16 --rounds 1 --features 64 --heldout 256\3"),
     (r"(--data\.store out-atlas/layer_4/tokens)", r"\1 --sae.d_model 16 --data.batch_rows 256"),
     # the SLURM script's extraction: as two array tasks, one after the other, on the CPU
     (r"^(jaxsae extract atlas-files/ .*? --device) cuda --compute_dtype bfloat16 (--no_progress_bar)$",

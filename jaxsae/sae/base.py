@@ -127,6 +127,7 @@ class Architecture(NamedTuple):
 
 
 Constructor = Callable[["SAEConfig"], Architecture]
+COMPUTE_DTYPES = ("float32", "bfloat16")  # sae.compute_dtype: the training matmuls' input dtype
 _REGISTERED: dict[str, Constructor] = {}
 
 
@@ -264,6 +265,14 @@ class SAEConfig:
     """Norm of the initial decoder rows (relu: Anthropic April 2024 uses 0.1; others 1)."""
     sparse_decode: bool = True
     """Top-k family: decode and the encoder weight gradient touch only the k selected latents."""
+    compute_dtype: str = "float32"
+    """"float32" or "bfloat16": the training loss's matmuls (encoder, decoder, sparse decode) take inputs in this
+    dtype and accumulate in float32; parameters, optimizer state and inference stay float32."""
+    selection: str = "exact"
+    """Top-k family, training: "exact" (`lax.top_k`) or "approx" (`lax.approx_max_k` at `approx_recall`: faster
+    on TPU; elsewhere XLA runs it as the exact top-k)."""
+    approx_recall: float = 0.95
+    """selection="approx": the expected fraction of the true top-k that approx_max_k returns, in (0, 1]."""
 
     def __post_init__(self):
         if checks_deferred():
@@ -276,6 +285,13 @@ class SAEConfig:
             raise ConfigError(f"sae.dead_after_rows: must be >= 1, got {self.dead_after_rows}")
         if self.jumprelu_penalty not in ("l0", "tanh"):
             raise ConfigError(f"sae.jumprelu_penalty: must be 'l0' or 'tanh', got {self.jumprelu_penalty!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"sae.compute_dtype: must be one of {', '.join(map(repr, COMPUTE_DTYPES))}, "
+                              f"got {self.compute_dtype!r}")
+        if self.selection not in ("exact", "approx"):
+            raise ConfigError(f"sae.selection: must be 'exact' or 'approx', got {self.selection!r}")
+        if not 0.0 < self.approx_recall <= 1.0:
+            raise ConfigError(f"sae.approx_recall: must be in (0, 1], got {self.approx_recall}")
         if self.batchtopk_row_cap < 1:
             raise ConfigError(f"sae.batchtopk_row_cap: must be >= 1, got {self.batchtopk_row_cap}")
         build(self)  # an unknown architecture, or settings it refuses (e.g. k > n_latents), fail here

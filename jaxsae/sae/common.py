@@ -14,13 +14,31 @@ def centre(x: jax.Array, b_dec: jax.Array) -> jax.Array:
     return x - b_dec[None, :]
 
 
-def pre_activations(x: jax.Array, W: jax.Array, b: jax.Array, b_dec: jax.Array) -> jax.Array:
-    """(x - b_dec) @ W + b.  x: [B, d], W: [d, n_local], b: [n_local] -> [B, n_local].
+def matmul(a: jax.Array, b: jax.Array, compute_dtype: str = "float32") -> jax.Array:
+    """a @ b in float32: [..., m], [m, n] -> [..., n]. compute_dtype "bfloat16" (sae.compute_dtype) rounds both
+    inputs to bfloat16 and accumulates in float32 (`preferred_element_type`), as mixed-precision trainers run
+    their matmuls on GPUs and TPUs; the parameters, their gradients' accumulation and the result stay float32."""
+    if compute_dtype == "float32":
+        return a @ b
+    return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=jnp.float32)
+
+
+def einsum(spec: str, *operands: jax.Array, compute_dtype: str = "float32") -> jax.Array:
+    """jnp.einsum(spec, *operands) in float32, with inputs rounded to compute_dtype as in `matmul`."""
+    if compute_dtype == "float32":
+        return jnp.einsum(spec, *operands)
+    return jnp.einsum(spec, *(o.astype(compute_dtype) for o in operands), preferred_element_type=jnp.float32)
+
+
+def pre_activations(x: jax.Array, W: jax.Array, b: jax.Array, b_dec: jax.Array,
+                    compute_dtype: str = "float32") -> jax.Array:
+    """(x - b_dec) @ W + b.  x: [B, d], W: [d, n_local], b: [n_local] -> [B, n_local] float32; the matmul's
+    inputs in compute_dtype (see `matmul`; inference uses the float32 default).
 
     PERFORMANCE: computed as x @ W + (b - b_dec @ W): x is shared by all ensemble members, so under vmap XLA
     runs one wide [B, d] @ [d, E * n] matmul instead of E batched ones, and the centring costs a mat-vec.
     """
-    return x @ W + (b - b_dec @ W)[None, :]
+    return matmul(x, W, compute_dtype) + (b - b_dec @ W)[None, :]
 
 
 def global_rows(x: jax.Array, axes: Axes) -> int:
@@ -55,9 +73,10 @@ def total_variance(x: jax.Array, axes: Axes) -> jax.Array:
     return psum(jnp.sum(jnp.square(x - mean[None, :])), axes.data)
 
 
-def decode(params: Params, latents: jax.Array, axes: Axes) -> jax.Array:
-    """Dense decode: latents [B, n_local] -> x_hat [B, d] = sum over all latent shards of f @ W_dec, + b_dec."""
-    return psum(latents @ params["W_dec"], axes.latent) + params["b_dec"][None, :]
+def decode(params: Params, latents: jax.Array, axes: Axes, compute_dtype: str = "float32") -> jax.Array:
+    """Dense decode: latents [B, n_local] -> x_hat [B, d] = sum over all latent shards of f @ W_dec, + b_dec;
+    the matmul's inputs in compute_dtype (see `matmul`; inference uses the float32 default)."""
+    return psum(matmul(latents, params["W_dec"], compute_dtype), axes.latent) + params["b_dec"][None, :]
 
 
 def decoder_norms(W_dec: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ Init: decoder rows random unit directions, W_enc = W_dec^T, b_gate = r_mag = b_m
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, Params, Range, SAEConfig
 from jaxsae.sae.collectives import psum
-from jaxsae.sae.common import centre, decode, dense_firing, latent_row_mean, mse, warmup
+from jaxsae.sae.common import centre, decode, dense_firing, latent_row_mean, matmul, mse, warmup
 from jaxsae.sae.fold import linear_fold
 from jaxsae.sae.init import decoder_row_norm, tied
 from jaxsae.sae.portable import PortableForm
@@ -38,9 +39,10 @@ class GatedHParams(NamedTuple):
     gated_aux_coeff: Annotated[float, Range(0.0)] = 1.0  # weight of the frozen-decoder auxiliary reconstruction
 
 
-def _gate_and_magnitude(params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(pi_gate, pi_mag): [B, n_local] each."""
-    s = centre(x, params["b_dec"]) @ params["W_enc"]
+def _gate_and_magnitude(params: Params, x: jax.Array,
+                        compute_dtype: str = "float32") -> tuple[jax.Array, jax.Array]:
+    """(pi_gate, pi_mag): [B, n_local] each; the matmul's inputs in compute_dtype (`common.matmul`)."""
+    s = matmul(centre(x, params["b_dec"]), params["W_enc"], compute_dtype)
     return s + params["b_gate"][None, :], s * jnp.exp(params["r_mag"])[None, :] + params["b_mag"][None, :]
 
 
@@ -50,16 +52,16 @@ def encode(params: Params, buffers: Buffers, x: jax.Array, hp: GatedHParams, axe
     return jnp.where(pi_gate > 0, jax.nn.relu(pi_mag), 0.0)
 
 
-def loss(params: Params, buffers: Buffers, x: jax.Array, hp: GatedHParams,
-         ctx: LossContext) -> tuple[jax.Array, LossOut]:
+def loss(params: Params, buffers: Buffers, x: jax.Array, hp: GatedHParams, ctx: LossContext,
+         compute_dtype: str) -> tuple[jax.Array, LossOut]:
     """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, l1, gated_aux (weighted)."""
     axes = ctx.axes
-    pi_gate, pi_mag = _gate_and_magnitude(params, x)
+    pi_gate, pi_mag = _gate_and_magnitude(params, x, compute_dtype)
     f = jnp.where(pi_gate > 0, jax.nn.relu(pi_mag), 0.0)
-    x_hat = decode(params, f, axes)
+    x_hat = decode(params, f, axes, compute_dtype)
     gate_acts = jax.nn.relu(pi_gate)
     frozen_W_dec, frozen_b_dec = jax.lax.stop_gradient((params["W_dec"], params["b_dec"]))
-    x_hat_gate = psum(gate_acts @ frozen_W_dec, axes.latent) + frozen_b_dec[None, :]
+    x_hat_gate = psum(matmul(gate_acts, frozen_W_dec, compute_dtype), axes.latent) + frozen_b_dec[None, :]
     l1 = latent_row_mean(jnp.sum(gate_acts, axis=-1), axes)
     terms = {
         "mse": mse(x, x_hat, axes),
@@ -79,7 +81,8 @@ def gated(cfg: SAEConfig) -> Architecture:
         return {**params, "b_gate": zeros, "r_mag": zeros, "b_mag": zeros}
 
     return Architecture(
-        name="gated", init=init, init_buffers=dict, encode=encode, decode=decode, loss=loss,
+        name="gated", init=init, init_buffers=dict, encode=encode, decode=decode,
+        loss=functools.partial(loss, compute_dtype=cfg.compute_dtype),
         fold_input_scale=linear_fold(), hparams=GatedHParams, default_hparams=GatedHParams(),
         param_layout={"W_enc": 1, "b_gate": 0, "r_mag": 0, "b_mag": 0, "W_dec": 0, "b_dec": None},
         buffer_layout={}, uses_auxk=False, decoder_constraint="unit_norm_rows", max_active_per_row=None,

@@ -106,11 +106,11 @@ def jumprelu(cfg: SAEConfig) -> Architecture:
              ctx: LossContext) -> tuple[jax.Array, LossOut]:
         """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, l0 (or tanh; weighted)."""
         axes = ctx.axes
-        z = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
+        z = pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"], cfg.compute_dtype)
         theta = pvary(params["threshold"], axes.data)[None, :]  # typed per data shard for the custom_vjp rules
         bandwidth = jnp.asarray(hp.bandwidth, jnp.float32)
         f = jump_relu(z, theta, bandwidth)
-        x_hat = decode(params, f, axes)
+        x_hat = decode(params, f, axes, cfg.compute_dtype)
         if cfg.jumprelu_penalty == "tanh":
             penalty = jnp.sum(jnp.tanh(hp.tanh_scale * f * decoder_norms(params["W_dec"])[None, :]), axis=-1)
         else:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxsae.sae import batchtopk as batchtopk_lib
 from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, Params, SAEConfig, ConfigError
 from jaxsae.sae.collectives import psum, shard_offset
-from jaxsae.sae.common import batch_mean, firing, global_rows
+from jaxsae.sae.common import batch_mean, einsum, firing, global_rows
 from jaxsae.sae.sparse import Selection, fires, scatter_dense, sparse_decode
 from jaxsae.sae.topk_losses import auxk_term
 
@@ -38,12 +38,13 @@ def prefix_reconstructions(params: Params, acts: jax.Array, sel: Selection, cfg:
     W_dec = params["W_dec"]
     if cfg.sparse_decode:
         by_group = jax.nn.one_hot(prefix_group(sel.index, cfg), n_groups) * jnp.where(sel.owned, acts, 0.0)[..., None]
-        groups = sparse_decode(W_dec, by_group, sel.local)
+        groups = sparse_decode(W_dec, by_group, sel.local, cfg.compute_dtype)
     else:
         n_local = W_dec.shape[0]
         latent_group = prefix_group(shard_offset(n_local, axes.latent) + jnp.arange(n_local), cfg)
         dense = scatter_dense(acts, sel, n_local)
-        groups = jnp.einsum("bn,np,nd->bpd", dense, jax.nn.one_hot(latent_group, n_groups), W_dec)
+        groups = einsum("bn,np,nd->bpd", dense, jax.nn.one_hot(latent_group, n_groups), W_dec,
+                        compute_dtype=cfg.compute_dtype)
     return jnp.cumsum(psum(groups, axes.latent), axis=1) + params["b_dec"][None, None, :]
 
 

@@ -46,8 +46,8 @@ def relu(cfg: SAEConfig) -> Architecture:
     def loss(params: Params, buffers: Buffers, x: jax.Array, hp: ReLUHParams,
              ctx: LossContext) -> tuple[jax.Array, LossOut]:
         """x: [B, d] normalised rows (local data shard) -> (loss [], LossOut). terms: mse, l1 (weighted)."""
-        f = encode(params, buffers, x, hp, ctx.axes)
-        x_hat = decode(params, f, ctx.axes)
+        f = jax.nn.relu(pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"], cfg.compute_dtype))
+        x_hat = decode(params, f, ctx.axes, cfg.compute_dtype)
         weighted_l1 = latent_row_mean(f @ decoder_norms(params["W_dec"]), ctx.axes)
         terms = {"mse": mse(x, x_hat, ctx.axes),
                  "l1": hp.l1_coeff * warmup(ctx.step, hp.l1_warmup_steps) * weighted_l1}

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxsae.sae.base import Axes, Params, SAEConfig
 from jaxsae.sae.collectives import all_gather, axis_size, pmin, psum, reduce_to_type_of, shard_offset, zeros_varying_like_all
-from jaxsae.sae.common import global_rows
+from jaxsae.sae.common import einsum, global_rows, matmul
 from jaxsae.sae.members import member_by_member
 
 
@@ -65,9 +65,11 @@ def merge_candidates(values: jax.Array, index: jax.Array, k: int, n_local: int, 
 
 
 @functools.cache
-def _encoder_top_k(k: int, aux_k: int):
+def _encoder_top_k(k: int, aux_k: int, compute_dtype: str, approx_recall: float | None):
     """f(x [B, d], W [d, n], c [n], *dead) -> (values, index) [B, k] of the top-k of x @ W + c and, when aux_k > 0
     (dead: [n] bool), also (values, index) [B, aux_k] of the top aux_k among the dead latents.
+    The matmul's inputs in compute_dtype (`common.matmul`). approx_recall: the top-k (not AuxK's) by
+    `lax.approx_max_k` at that recall target (TPU; on other backends XLA computes it exactly); None: `lax.top_k`.
 
     PERFORMANCE: vmapped over ensemble members on CPU, the members run one after another (`member_by_member`),
     so each member's [B, n] pre-activations are read back by its top-k while still in cache. Vmapped like any
@@ -78,8 +80,11 @@ def _encoder_top_k(k: int, aux_k: int):
 
     @member_by_member
     def top_k(x, W, c, *dead):
-        pre = x @ W + c[None, :]
-        chosen = jax.lax.top_k(pre, k)
+        pre = matmul(x, W, compute_dtype) + c[None, :]
+        if approx_recall is None:
+            chosen = jax.lax.top_k(pre, k)
+        else:
+            chosen = jax.lax.approx_max_k(pre, k, recall_target=approx_recall)
         if not aux_k:
             return chosen
         return *chosen, *jax.lax.top_k(jnp.where(dead[0][None, :], pre, -jnp.inf), aux_k)
@@ -87,16 +92,19 @@ def _encoder_top_k(k: int, aux_k: int):
     return top_k
 
 
-def encoder_selection(params: Params, x: jax.Array, k: int, axes: Axes, *, dead: jax.Array | None = None,
-                      aux_k: int = 0) -> tuple[Selection, Selection | None]:
+def encoder_selection(params: Params, x: jax.Array, k: int, axes: Axes, cfg: SAEConfig, *,
+                      dead: jax.Array | None = None, aux_k: int = 0) -> tuple[Selection, Selection | None]:
     """(top-k Selection, AuxK Selection or None) of the stop-gradient pre-activations (x - b_dec) W_enc + b_enc
     of x [B, d], over all latent shards, without keeping the [B, n_local] pre-activations (see _encoder_top_k).
-    dead: [n_local] bool, with aux_k > 0: also the top aux_k among the dead latents (-inf scores: fillers)."""
+    dead: [n_local] bool, with aux_k > 0: also the top aux_k among the dead latents (-inf scores: fillers).
+    cfg: its compute_dtype, selection and approx_recall."""
     W = jax.lax.stop_gradient(params["W_enc"])
     c = jax.lax.stop_gradient(params["b_enc"] - params["b_dec"] @ params["W_enc"])
     n_local = W.shape[1]
     with_aux = dead is not None and aux_k > 0
-    out = _encoder_top_k(min(k, n_local), min(aux_k, n_local) if with_aux else 0)(x, W, c, *([dead] if with_aux else []))
+    approx_recall = cfg.approx_recall if cfg.selection == "approx" else None
+    top_k = _encoder_top_k(min(k, n_local), min(aux_k, n_local) if with_aux else 0, cfg.compute_dtype, approx_recall)
+    out = top_k(x, W, c, *([dead] if with_aux else []))
     sel = merge_candidates(out[0], out[1], k, n_local, axes)
     return sel, (merge_candidates(out[2], out[3], aux_k, n_local, axes) if with_aux else None)
 
@@ -213,35 +221,39 @@ def gather_pays(k: int, n_local: int) -> bool:
     return k <= GATHER_MAX_K_FRACTION * n_local
 
 
-@jax.custom_vjp
-def sparse_decode(W_dec: jax.Array, weights: jax.Array, local: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def sparse_decode(W_dec: jax.Array, weights: jax.Array, local: jax.Array, compute_dtype: str) -> jax.Array:
     """out[b, p] = sum_k weights[b, k, p] W_dec[local[b, k]]: [n_local, d], [B, K, P], [B, K] -> [B, P, d].
 
     PERFORMANCE: gathers the K decoder rows of a chunk of rows at a time (never a whole [B, K, d] array); the
     gradient is a chunked scatter-add into the selected decoder rows plus a chunked gather for d weights.
+    compute_dtype "bfloat16": the table is rounded once, so the gathers move half the bytes, and the sums over
+    K (forward) and d (d weights) accumulate in float32; dW_dec is scattered in float32.
     """
     d = W_dec.shape[1]
 
     def decode_chunk(table, _, chunk):
         weights_c, local_c = chunk
-        return None, jnp.einsum("bkp,bkd->bpd", weights_c, gather_rows(table, local_c))
+        return None, einsum("bkp,bkd->bpd", weights_c, gather_rows(table, local_c), compute_dtype=compute_dtype)
 
-    return scan_row_chunks(decode_chunk, None, (weights, local), d * local.shape[1], W_dec)[1]
-
-
-def _sparse_decode_fwd(W_dec, weights, local):
-    return sparse_decode(W_dec, weights, local), (W_dec, weights, local)
+    table = W_dec.astype(compute_dtype)
+    return scan_row_chunks(decode_chunk, None, (weights, local), d * local.shape[1], table)[1]
 
 
-def _sparse_decode_bwd(residuals, g):
+def _sparse_decode_fwd(W_dec, weights, local, compute_dtype):
+    return sparse_decode(W_dec, weights, local, compute_dtype), (W_dec, weights, local)
+
+
+def _sparse_decode_bwd(compute_dtype, residuals, g):
     """g: [B, P, d] -> (dW_dec [n_local, d], d weights [B, K, P], None)."""
     W_dec, weights, local = residuals
 
     def d_weights_chunk(table, _, chunk):
         local_c, g_c = chunk
-        return None, jnp.einsum("bpd,bkd->bkp", g_c, gather_rows(table, local_c))
+        return None, einsum("bpd,bkd->bkp", g_c, gather_rows(table, local_c), compute_dtype=compute_dtype)
 
-    d_weights = scan_row_chunks(d_weights_chunk, None, (local, g), W_dec.shape[1] * local.shape[1], W_dec)[1]
+    table = W_dec.astype(compute_dtype)
+    d_weights = scan_row_chunks(d_weights_chunk, None, (local, g), W_dec.shape[1] * local.shape[1], table)[1]
     dW = scatter_add_outer(W_dec, weights, local, g)
     return reduce_to_type_of(dW, W_dec), reduce_to_type_of(d_weights, weights), None
 
@@ -249,15 +261,18 @@ def _sparse_decode_bwd(residuals, g):
 sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
 
 
-def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes, sparse: bool) -> jax.Array:
+def decode_partial(W_dec: jax.Array, acts: jax.Array, sel: Selection, axes: Axes, sparse: bool,
+                   compute_dtype: str) -> jax.Array:
     """sum_k acts[b, k] W_dec[index[b, k]] over all latent shards: [B, d], without b_dec.
 
     sparse: a gather of the K decoder rows per row (gradient: scatter-add); dense: scatter to [B, n_local], matmul.
+    compute_dtype: the inputs' dtype of the products (float32 accumulation; see `common.matmul`).
     """
     if sparse:
-        partial = sparse_decode(W_dec, jnp.where(sel.owned, acts, 0.0)[:, :, None], sel.local)[:, 0, :]
+        weights = jnp.where(sel.owned, acts, 0.0)[:, :, None]
+        partial = sparse_decode(W_dec, weights, sel.local, compute_dtype)[:, 0, :]
     else:
-        partial = scatter_dense(acts, sel, W_dec.shape[0]) @ W_dec
+        partial = matmul(scatter_dense(acts, sel, W_dec.shape[0]), W_dec, compute_dtype)
     return psum(partial, axes.latent)
 
 

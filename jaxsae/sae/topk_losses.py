@@ -39,9 +39,10 @@ def select(params: Params, x: jax.Array, k: int, ctx: LossContext,
     AuxK's top aux_k among dead latents when ctx.with_aux, and the differentiable pre-activations [B, n_local]
     on the dense reference path only (None with cfg.sparse_decode). Both paths select with the same function,
     so the sparse step and its dense reference choose the same latents."""
-    sel, aux = encoder_selection(params, x, k, ctx.axes, dead=ctx.dead if ctx.with_aux else None,
+    sel, aux = encoder_selection(params, x, k, ctx.axes, cfg, dead=ctx.dead if ctx.with_aux else None,
                                  aux_k=cfg.aux_k)
-    pre = None if cfg.sparse_decode else pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"])
+    pre = None if cfg.sparse_decode else pre_activations(x, params["W_enc"], params["b_enc"], params["b_dec"],
+                                                         cfg.compute_dtype)
     return pre, sel, aux
 
 
@@ -60,7 +61,7 @@ def auxk_loss(params: Params, fwd: Forward, x_hat: jax.Array, hp: HParams, ctx: 
     acts = jnp.where(is_dead, jax.nn.relu(selected_pre(params, x, fwd.pre, sel, cfg.sparse_decode)), 0.0)
     # k_aux (d/2 by default) is large: a dense decode beats gathering [B, k_aux, d] rows unless n_local is huge.
     sparse = cfg.sparse_decode and gather_pays(cfg.aux_k, params["W_enc"].shape[1])
-    e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse=sparse)
+    e_hat = decode_partial(params["W_dec"], acts, sel, axes, sparse, cfg.compute_dtype)
     residual = jax.lax.stop_gradient(x - x_hat)
     error = psum(jnp.sum(jnp.square(e_hat - residual)), axes.data)
     num_dead = psum(jnp.sum(ctx.dead.astype(jnp.float32)), axes.latent)
@@ -80,7 +81,7 @@ def reconstruction_loss(params: Params, fwd: Forward, hp: HParams, ctx: LossCont
                         new_buffers: Buffers) -> tuple[jax.Array, LossOut]:
     """The loss tail TopK and BatchTopK share: decode the selected activations, mean squared error, AuxK
     when ctx.with_aux, firing statistics. Returns (mse + auxk, LossOut)."""
-    partial = decode_partial(params["W_dec"], fwd.acts, fwd.sel, ctx.axes, cfg.sparse_decode)
+    partial = decode_partial(params["W_dec"], fwd.acts, fwd.sel, ctx.axes, cfg.sparse_decode, cfg.compute_dtype)
     x_hat = partial + params["b_dec"][None, :]
     terms = {"mse": mse(fwd.x, x_hat, ctx.axes), "auxk": auxk_term(params, fwd, x_hat, hp, ctx, cfg)}
     fire_count, l0 = firing(fires(fwd.acts > 0, fwd.sel, params["W_enc"].shape[1]), global_rows(fwd.x, ctx.axes), ctx.axes)
