@@ -307,3 +307,32 @@ def test_sigkilled_cli_trainer_resumes_bitwise(store, reference, tmp_path, capsy
     assert any(line.startswith("jaxsae: resuming from step ") for line in err.splitlines()), err
     _assert_bitwise(_dictionaries(run_dir), reference)
     assert [r["step"] for r in read_metrics(str(run_dir))] == [3, 6, 9, 12, 14]
+
+
+@pytest.fixture(scope="module")
+def two_stores(tmp_path_factory):
+    """Two stores read as one (`data.store A,B`: the reader a dataset folder of extraction workers also uses)."""
+    folder = tmp_path_factory.mktemp("faults_parts")
+    return ",".join(str(synthesize(folder / f"part{i}", SynthConfig(rows=1024, d_model=32, n_features=64, seed=i),
+                                   chunk=256)) for i in (4, 5))
+
+
+def test_sigkilled_trainer_on_several_stores_resumes_bitwise(two_stores, tmp_path, capsys, monkeypatch):
+    """Training on parts read as one store: the uninterrupted run's dictionaries, bitwise, after SIGKILL + rerun."""
+    reference = tmp_path / "reference"
+    train(load_config(None, _args(two_stores, reference)))
+    run_dir = tmp_path / "run"
+    with subprocess.Popen([sys.executable, "-m", "jaxsae.cli", "train", *_args(two_stores, run_dir)], env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 180
+        while not _committed(run_dir):  # the first checkpoint (step 5), then kill mid-run
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL and not (run_dir / "run.json").exists()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", str(run_dir / "config.json")]) == 0
+    assert "jaxsae: resuming from step " in capsys.readouterr().err
+    _assert_bitwise(_dictionaries(run_dir), _dictionaries(reference))
