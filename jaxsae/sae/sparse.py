@@ -64,21 +64,27 @@ def merge_candidates(values: jax.Array, index: jax.Array, k: int, n_local: int, 
     return Selection(index, values, jnp.where(owned, local, 0), owned)
 
 
+# A member's [B, n_local] pre-activations up to this size are selected member by member in a vmapped pack (they
+# stay in cache between the matmul and the top-k); larger ones batched over the members, where the matmul's
+# threads matter more than the cache (CPU, d 512, 8,192 latents, B 1,024, E 8: member by member cost 0.60x the
+# member-rows/s of one member; d 64, 1,024 latents: 0.99-1.03x, against 0.67-0.87x batched).
+MEMBER_BY_MEMBER_MAX_BYTES = 8 << 20
+
+
 @functools.cache
-def _encoder_top_k(k: int, aux_k: int, compute_dtype: str, approx_recall: float | None):
+def _encoder_top_k(k: int, aux_k: int, compute_dtype: str, approx_recall: float | None, sequential: bool):
     """f(x [B, d], W [d, n], c [n], *dead) -> (values, index) [B, k] of the top-k of x @ W + c and, when aux_k > 0
     (dead: [n] bool), also (values, index) [B, aux_k] of the top aux_k among the dead latents.
     The matmul's inputs in compute_dtype (`common.matmul`). approx_recall: the top-k (not AuxK's) by
     `lax.approx_max_k` at that recall target (TPU; on other backends XLA computes it exactly); None: `lax.top_k`.
 
-    PERFORMANCE: vmapped over ensemble members on CPU, the members run one after another (`member_by_member`),
-    so each member's [B, n] pre-activations are read back by its top-k while still in cache. Vmapped like any
-    other op, the pack wrote all E members' [E, B, n] first (transposed from the wide matmul's [B, E * n]):
-    CPU, d 64, 1,024 latents, B 1,024, E 8: matmul + top-k 87 ms vmapped vs 49 ms member by member, where one
-    member alone takes 6.6 ms.
+    PERFORMANCE: sequential: vmapped over ensemble members on CPU, the members run one after another
+    (`member_by_member`), so each member's [B, n] pre-activations are read back by its top-k while still in
+    cache. Vmapped like any other op, the pack wrote all E members' [E, B, n] first (transposed from the wide
+    matmul's [B, E * n]): CPU, d 64, 1,024 latents, B 1,024, E 8: matmul + top-k 87 ms vmapped vs 49 ms member by
+    member, where one member alone takes 6.6 ms. See MEMBER_BY_MEMBER_MAX_BYTES for when.
     """
 
-    @member_by_member
     def top_k(x, W, c, *dead):
         pre = matmul(x, W, compute_dtype) + c[None, :]
         if approx_recall is None:
@@ -89,7 +95,7 @@ def _encoder_top_k(k: int, aux_k: int, compute_dtype: str, approx_recall: float 
             return chosen
         return *chosen, *jax.lax.top_k(jnp.where(dead[0][None, :], pre, -jnp.inf), aux_k)
 
-    return top_k
+    return member_by_member(top_k) if sequential else top_k
 
 
 def encoder_selection(params: Params, x: jax.Array, k: int, axes: Axes, cfg: SAEConfig, *,
@@ -103,7 +109,9 @@ def encoder_selection(params: Params, x: jax.Array, k: int, axes: Axes, cfg: SAE
     n_local = W.shape[1]
     with_aux = dead is not None and aux_k > 0
     approx_recall = cfg.approx_recall if cfg.selection == "approx" else None
-    top_k = _encoder_top_k(min(k, n_local), min(aux_k, n_local) if with_aux else 0, cfg.compute_dtype, approx_recall)
+    sequential = x.shape[0] * n_local * 4 <= MEMBER_BY_MEMBER_MAX_BYTES
+    top_k = _encoder_top_k(min(k, n_local), min(aux_k, n_local) if with_aux else 0, cfg.compute_dtype, approx_recall,
+                           sequential)
     out = top_k(x, W, c, *([dead] if with_aux else []))
     sel = merge_candidates(out[0], out[1], k, n_local, axes)
     return sel, (merge_candidates(out[2], out[3], aux_k, n_local, axes) if with_aux else None)
