@@ -5,8 +5,9 @@ whose working set fits in cache for one member (a member's [B, n] pre-activation
 [rows, K, d] blocks of the sparse gathers and scatter-adds) writes all E members' blocks to memory first and
 reads them back: CPU, TopK d 64, 1,024 latents, k 16, B 1,024, the E = 8 step cost 0.67-0.87x the member-rows/s
 of E = 1. Run member by member, each member's blocks stay in cache and a member in a pack costs what it costs
-alone (experiments/RESULTS.md, "Sweeps"). On accelerators the members stay batched: a GPU or TPU wants the
-larger kernels, not a loop.
+alone (experiments/RESULTS.md, "Sweeps"). Only while a member's blocks fit in cache: inside the loop XLA runs
+a large matmul on one thread, so the callers choose (`jaxsae.sae.sparse.MEMBER_BY_MEMBER_MAX_BYTES`). On
+accelerators the members stay batched: a GPU or TPU wants the larger kernels, not a loop.
 """
 
 from __future__ import annotations
