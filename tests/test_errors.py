@@ -17,8 +17,9 @@ FAMILIES = ("ConfigError", "StoreError", "CheckpointError", "LockError", "Traini
 SPECIFIC = {"StoreWriteError": "StoreError", "FolderLockedError": "LockError", "RunLockedError": "LockError",
             "NonFiniteError": "TrainingError"}
 # What extract/ may import of jaxsae (DESIGN.md, rooms): the store, the dictionary, and leaf modules.
+# jaxsae.slurm: the scheduler code `jaxsae extract --launch slurm` shares with `jaxsae sweep launch` (no JAX in it)
 EXTRACT_MAY_IMPORT = ("jaxsae.store", "jaxsae.dictionary", "jaxsae.errors", "jaxsae.atomic", "jaxsae.differences",
-                      "jaxsae.validation", "jaxsae.flags", "jaxsae.sae.portable")
+                      "jaxsae.validation", "jaxsae.flags", "jaxsae.sae.portable", "jaxsae.slurm")
 LEAF_MODULES = ("errors.py", "atomic.py", "differences.py", "validation.py")
 
 
