@@ -1,6 +1,6 @@
 """Benchmark: what a vmapped pack of E members saves over training them one by one, same process.
 
-    .venv/bin/python experiments/bench_sweep.py [--members 8 --steps 300 --batch 1024 --large]
+    .venv/bin/python experiments/bench_sweep.py [--members 8 --steps 2000 --batch 1024 --large]
 
 (a) steady-state member-rows/s of the E-member TopK step (the real `make_train_step` on one device, timed after
     compilation by `bench_train.bench_step`; E = 1 and E alternate, ROUNDS times, the fastest of each) over that of one member, at d 64 / 1,024 latents (and at
@@ -77,7 +77,7 @@ def sweep_vs_sequential(members: list[tuple[int, float]], steps: int, batch: int
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=8, choices=(2, 4, 8), help="E: members in the pack")
-    ap.add_argument("--steps", type=int, default=300, help="training steps of (b)")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps of (b)")
     ap.add_argument("--batch", type=int, default=1024, help="rows per step, in (a) and (b)")
     ap.add_argument("--repeats", type=int, default=20, help="timed steps per measurement of (a)")
     ap.add_argument("--large", action="store_true", help="(a) at d 512 / 8,192 latents too")

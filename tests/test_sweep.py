@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -149,6 +151,23 @@ def test_sweep_plan_prints_the_packs(sweep_store, sweep_spec, tmp_path, capsys):
     assert printed.startswith("sweep t: 2 members in 1 pack(s); memory budget ")
     assert "pack000  topk d=16 n=64 batch=256  2 members" in printed and "k2  k4" in printed
     assert "members over 2 device(s)" in printed  # the 8 simulated devices: 2 on ens, 4 on data
+
+
+@pytest.mark.parametrize("chosen", [None, "1"])
+def test_sweep_commands_on_a_cpu_host_spread_members_over_its_cores(sweep_store, sweep_spec, tmp_path, chosen):
+    """`jaxsae sweep plan/run` give JAX's CPU one device per usable core (members on `ens`), unless the user
+    chose a count (JAX_NUM_CPU_DEVICES; the tests' own XLA_FLAGS count is taken out here)."""
+    spec = sweep_spec(tmp_path, '"hparams.k" = [2, 4]')
+    env = {key: value for key, value in os.environ.items() if key != "JAX_NUM_CPU_DEVICES"}
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if chosen is not None:
+        env["JAX_NUM_CPU_DEVICES"] = chosen
+    cores = len(os.sched_getaffinity(0)) if chosen is None else int(chosen)
+    plan = subprocess.run([sys.executable, "-m", "jaxsae.cli", "sweep", "plan", spec], env=env,
+                          capture_output=True, text=True, timeout=300, check=True).stdout
+    assert f"(cpu x{cores})" in plan
+    assert f"members over {2 if cores % 2 == 0 else 1} device(s)" in plan
 
 
 def test_members_spread_over_devices_train_as_on_one(sweep_store, sweep_spec, tmp_path):

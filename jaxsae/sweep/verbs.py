@@ -25,7 +25,9 @@ class SweepPlan:
 
 def run_sweep_plan(argv: Sequence[str], prog: str) -> int:
     from jaxsae.sweep import load_spec, plan_sweep
+    from jaxsae.train.mesh import split_host_cores
 
+    split_host_cores()  # the plan `jaxsae sweep run` would make here
     print("\n".join(plan_sweep(load_spec(parse(SweepPlan, argv, prog).spec)).lines()))
     return 0
 
@@ -45,8 +47,10 @@ class SweepRun:
 
 def run_sweep_run(argv: Sequence[str], prog: str) -> int:
     from jaxsae.sweep import run_sweep
+    from jaxsae.train.mesh import split_host_cores
 
     args = parse(SweepRun, argv, prog)
+    split_host_cores()  # on a CPU host, a pack's members spread over its cores
     result = run_sweep(args.spec, args.out, progress=args.progress)
     print(f"sweep folder: {result.out}")
     print(f"packs trained: {len(result.trained)}, already complete: {len(result.kept)}")
@@ -103,6 +107,10 @@ def run_sweep_launch(argv: Sequence[str], prog: str) -> int:
     from jaxsae.sweep.launch import launch
 
     args = parse(SweepLaunch, argv, prog)
+    if args.backend == "local":
+        from jaxsae.train.mesh import split_host_cores
+
+        split_host_cores()  # as `jaxsae sweep run`
     launched = launch(args.spec, args.backend, args.out, dry_run=args.dry_run, max_pack=args.max_pack,
                       device_memory_gib=args.device_memory_gib, slurm=args.slurm, tpu=args.tpu,
                       progress=args.progress)
