@@ -54,6 +54,28 @@ def make_batch(tokens: TokenizedCells, members: np.ndarray, cell_index: np.ndarr
     return Batch(input_ids, values, attention_mask, token_rows, gene_mask, cell_index[members])
 
 
+def batch_cuts(lengths: np.ndarray, tokens_per_batch: int | None, batch_size: int | None) -> list[slice]:
+    """Cut cells, kept in their order, into consecutive batches.
+
+    lengths: [n] int64 model input lengths (special tokens included) in processing order. Greedy: a batch
+    takes the next cell while (cells in it) x (its longest input, the padded length) stays <= tokens_per_batch
+    and its cells <= batch_size (None: no such limit); a cell longer than the budget goes alone. Returns
+    slices covering 0..n once, in order. In length-sorted order (longest first) the padded length is the
+    first cell's, so a batch holds about tokens_per_batch // that length cells.
+    """
+    cuts, start, longest = [], 0, 0
+    for i, length in enumerate(lengths.tolist()):
+        longest = max(longest, length)
+        cells = i - start + 1
+        if cells > 1 and ((tokens_per_batch is not None and cells * longest > tokens_per_batch)
+                          or (batch_size is not None and cells > batch_size)):
+            cuts.append(slice(start, i))
+            start, longest = i, length
+    if start < len(lengths):
+        cuts.append(slice(start, len(lengths)))
+    return cuts
+
+
 class Stores:
     """The writers of one extraction (or of one part of it), opened (resume) or created, and how far each one
     has committed.
@@ -193,8 +215,9 @@ def run_windows(model, tokenizer, source, stores: Stores, layers, n_tokens, n_ex
             counts = source.rows(lo, hi)[cells - lo]
             tokens = tokenizer(counts, cells)
             order = np.lexsort((cells, -n_tokens[cells]))
-            for b in range(0, len(order), config.batch_size):
-                batch = make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, pad_value,
+            lengths = np.array([len(tokens.input_ids[m]) for m in order], np.int64)
+            for members in batch_cuts(lengths, config.tokens_per_batch, config.batch_size):
+                batch = make_batch(tokens, order[members], cells, model.pad_token_id, pad_value,
                                    config.include_special_tokens)
                 hidden = forward_batch(model, batch, layers, config)
                 writer.submit(write_batch, stores, batch, hidden, hi, has_cls)
