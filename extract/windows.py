@@ -130,7 +130,35 @@ def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: 
         return model.hidden_states(ids, values, mask, layers)
 
 
-def write_batch(stores: Stores, batch: Batch, hidden: dict[int, torch.Tensor], window_end: int, has_cls: bool) -> None:
+@dataclass(frozen=True)
+class HostStates:
+    """A batch's hidden states on their way to the host: states {layer: [B, L, d] float32 CPU tensor}, readable
+    once `ready` (a CUDA event, None off CUDA) has completed."""
+
+    states: dict[int, torch.Tensor]
+    ready: torch.cuda.Event | None
+
+
+def to_host(hidden: dict[int, torch.Tensor]) -> HostStates:
+    """Start moving {layer: [B, L, d]} hidden states to the host without waiting for them.
+
+    On CUDA: each layer cast to float32 on the device, then copied into pinned host memory non-blocking on the
+    current stream, with an event recorded after the copies, so the caller queues the next forward pass while
+    the write thread waits on the event. This path is not exercised by the tests (no CUDA device here). Elsewhere:
+    the tensors as float32 (no copy for float32 CPU tensors).
+    """
+    if next(iter(hidden.values())).device.type != "cuda":
+        return HostStates({layer: states.float() for layer, states in hidden.items()}, None)
+    pinned = {}
+    for layer, states in hidden.items():
+        pinned[layer] = torch.empty(states.shape, dtype=torch.float32, pin_memory=True)
+        pinned[layer].copy_(states.float(), non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return HostStates(pinned, ready)
+
+
+def write_batch(stores: Stores, batch: Batch, hidden: HostStates, window_end: int, has_cls: bool) -> None:
     """Append the batch's token rows and cell embeddings to every store that still needs this window."""
     rows_b, rows_pos = np.nonzero(batch.token_rows)
     token_meta = {
@@ -142,12 +170,14 @@ def write_batch(stores: Stores, batch: Batch, hidden: dict[int, torch.Tensor], w
     cell_meta = {"cell_index": batch.cell_index}
     cls_meta = {**cell_meta, "token_id": batch.input_ids[:, 0], "position": np.zeros(n_cells, np.int64)}
     pool = (batch.gene_mask / batch.gene_mask.sum(1, keepdims=True)).astype(np.float32)  # [B, L] pooling weights
+    if hidden.ready is not None:
+        hidden.ready.synchronize()
     for layer in sorted({layer for layer, _ in stores.writers}):
         pending = [kind for (lyr, kind) in stores.writers if lyr == layer
                    and stores.cells_done[(lyr, kind)] < window_end and (kind != "cell_cls" or has_cls)]
         if not pending:
             continue
-        states = hidden[layer].float().cpu().numpy()  # [B, L, d]; one device->host copy per layer
+        states = hidden.states[layer].numpy()  # [B, L, d] float32
         for kind in pending:
             writer = stores.writers[(layer, kind)]
             if kind == "tokens":
@@ -220,7 +250,7 @@ def run_windows(model, tokenizer, source, stores: Stores, layers, n_tokens, n_ex
                 batch = make_batch(tokens, order[members], cells, model.pad_token_id, pad_value,
                                    config.include_special_tokens)
                 hidden = forward_batch(model, batch, layers, config)
-                writer.submit(write_batch, stores, batch, hidden, hi, has_cls)
+                writer.submit(write_batch, stores, batch, to_host(hidden), hi, has_cls)
                 bar.update(len(batch.cell_index))
             writer.submit(stores.commit, hi)
             bar.update(hi - lo - len(cells))
