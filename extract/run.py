@@ -171,9 +171,12 @@ def extract(
             "tokenizer": tokenizer.settings(),
             "adata": adata_source(source, scan, len(skipped)),
             "extraction": {"cells_per_commit": config.cells_per_commit, "batch_size": config.batch_size,
-                           "tokens_per_batch": config.tokens_per_batch,
                            "include_special_tokens": config.include_special_tokens,
-                           "compute_dtype": config.compute_dtype},
+                           "compute_dtype": config.compute_dtype,
+                           # fixed batches recorded by absence, as by the extractions written before the setting
+                           # existed, so those resume with --tokens_per_batch None --batch_size 16
+                           **({} if config.tokens_per_batch is None else
+                              {"tokens_per_batch": config.tokens_per_batch})},
         }
         datasets = store_paths(out_dir, layers, kinds)  # with workers: dataset folders, holding the parts
         sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in datasets}

@@ -57,6 +57,7 @@ def test_token_budget_batches_store_the_rows_of_fixed_batches(tmp_path, kind):
         # Not bitwise: the same cell padded into another batch shape goes through other matmul blockings
         # (~1e-7 relative differences, as between batch_size 1 and 4; 2 to 7 cells per batch here).
         np.testing.assert_allclose(a.read_rows(0, a.n_rows), b.read_rows(0, b.n_rows), rtol=1e-5, atol=1e-5)
+    assert "tokens_per_batch" not in open_store(fixed).source["extraction"]  # as extractions before the setting
     assert open_store(budget).source["extraction"] == {**open_store(fixed).source["extraction"],
                                                             "batch_size": None, "tokens_per_batch": 150}
 
