@@ -16,9 +16,10 @@ Write protocol (crash safety):
     is written. Rows in [rows_committed, shape[0]) are garbage: never read, overwritten by the next writer.
 A process killed at any point therefore leaves the previous manifest and every row it covers intact.
 
-PERFORMANCE: each row is copied once on the host between the caller's array and TensorStore (into the
-shard buffer; float32 rows need no cast copy, TensorStore no copy of its own). The buffer of lists of
-per-append arrays joined at each shard write that this replaced copied every row three times
+PERFORMANCE: the writer copies each row once between the caller's array and TensorStore (into the shard
+buffer; float32 rows need no cast copy first), and TensorStore may reference the buffer instead of copying it
+into its cache. The lists of per-append arrays joined at each shard write that this replaced made two more
+copies (a cast copy and the join); on the extraction bench the write path went 0.87 -> 0.52 CPU-s
 (experiments/RESULTS.md, "Extraction overhead, round 2").
 """
 
