@@ -2,7 +2,9 @@
 batches, and the per-token cost that sizes an atlas-scale run.
 
     python experiments/bench_extract.py [--cells 500] [--genes 2000] [--n-layers 6] [--d-model 256] [--layers 1,2]
+        [--batch-size N] [--tokens-per-batch 8192] [--lengths poisson|lognormal] [--median-genes 600]
         [--census-cells 50000000] [--census-tokens-per-cell 600] [--census-devices 8]
+    python experiments/bench_extract.py --compare-batch-size 16 --lengths lognormal --cells 300 --layers 4
 
 Both sides run in this process on the same random Geneformer (saved and loaded through the public loader)
 and the same cells. Two baselines, each the bare `model.encode` (embeddings + blocks, no MLM head) under
@@ -24,12 +26,20 @@ and commits: work that stays on the host CPU when the forward pass runs on a GPU
 run's per-token costs to --census-cells x --census-tokens-per-cell tokens on --census-devices devices like this
 one: a paper estimate (forward cost grows with the model's width and depth; the README extrapolates to GPUs),
 not a run.
+
+--compare-batch-size N: instead, fixed batches of N cells (tokens_per_batch None) against the token budget
+(--tokens-per-batch, --batch-size as its cap), whole extract() calls in interleaved rounds (A B, then B A):
+cells/s and tokens/s of each, the ratio per round, and each batching's padding fraction (padded positions /
+all positions of the batches it builds). --lengths lognormal gives cells the spread of real data (expressed
+genes per cell log-normal, median --median-genes, sigma 0.5, clipped to [200, 6000]); poisson gives every cell
+about the same length.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -41,8 +51,9 @@ import torch
 from extract.counts import CountSource
 from extract.models import load_model
 import extract.windows as extract_windows
+from bench_extract_memory import write_sparse_h5ad
 from extract.run import ExtractConfig, extract
-from extract.windows import forward_batch, make_batch
+from extract.windows import batch_cuts, forward_batch, make_batch
 from extract.testing import write_counts_h5ad, write_geneformer_folder
 
 
@@ -76,7 +87,7 @@ def bare_forward(model, batches, config) -> tuple[float, float]:
 
 
 def prepare_batches(model, adata_path, config):
-    """The batches extraction builds: windows of cells_per_commit, sorted by length, batch_size cells each."""
+    """The batches extraction builds: windows of cells_per_commit, sorted by length, cut by `batch_cuts`."""
     batches = []
     with CountSource(adata_path) as source:
         tokenizer = model.make_tokenizer(source.var)
@@ -87,9 +98,44 @@ def prepare_batches(model, adata_path, config):
             cells = lo + keep
             tokens = tokenizer(counts[keep], cells)
             order = np.lexsort((cells, -tokenizer.n_genes(counts[keep])))
-            for b in range(0, len(order), config.batch_size):
-                batches.append(make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, 0.0, False))
+            lengths = np.array([len(tokens.input_ids[m]) for m in order], np.int64)
+            for members in batch_cuts(lengths, config.tokens_per_batch, config.batch_size):
+                batches.append(make_batch(tokens, order[members], cells, model.pad_token_id, 0.0, False))
     return batches
+
+
+def padding_fraction(batches) -> float:
+    """Padded positions / all positions of the batches."""
+    return 1 - sum(int(b.attention_mask.sum()) for b in batches) / sum(b.attention_mask.size for b in batches)
+
+
+def compare_batching(model, adata_path, model_dir, layers, budget: ExtractConfig, fixed_size: int, rounds: int,
+                     work: Path) -> None:
+    """Fixed batches of fixed_size cells vs `budget`'s batching: whole extract() calls, interleaved rounds."""
+    configs = {"fixed": dataclasses.replace(budget, batch_size=fixed_size, tokens_per_batch=None),
+               "budget": budget}
+    shapes = {name: prepare_batches(model, adata_path, config) for name, config in configs.items()}
+    n_cells = sum(len(b.cell_index) for b in shapes["fixed"])
+    n_tokens = int(sum(b.gene_mask.sum() for b in shapes["fixed"]))
+    for name, batches in shapes.items():
+        sizes = [len(b.cell_index) for b in batches]
+        padded = [b.attention_mask.size for b in batches]
+        print(f"{name:6}: {len(batches)} batches, {min(sizes)}-{max(sizes)} cells, {min(padded)}-{max(padded)} padded "
+              f"tokens per batch, padding fraction {padding_fraction(batches):.3f}")
+    walls = {name: [] for name in configs}
+    for r in range(rounds):
+        for name in (("fixed", "budget") if r % 2 == 0 else ("budget", "fixed")):
+            out = work / f"compare_{name}"
+            started = time.perf_counter()
+            extract(adata_path, model_dir, out, layers=layers, config=configs[name])
+            walls[name].append(time.perf_counter() - started)
+            shutil.rmtree(out)
+        line = "   ".join(f"{name} {n_cells / wall[-1]:6.1f} cells/s {n_tokens / wall[-1]:7.0f} tokens/s"
+                          for name, wall in walls.items())
+        print(f"round {r}: {line}   budget/fixed throughput {walls['fixed'][-1] / walls['budget'][-1]:.3f}")
+    ratios = [f / b for f, b in zip(walls["fixed"], walls["budget"])]
+    print(f"budget/fixed throughput: median {np.median(ratios):.3f}, rounds {[f'{x:.3f}' for x in ratios]} "
+          f"({n_cells} cells, {n_tokens} gene tokens, {budget.tokens_per_batch} tokens per batch vs {fixed_size} cells)")
 
 
 def main() -> None:
@@ -100,7 +146,13 @@ def main() -> None:
     parser.add_argument("--n-layers", type=int, default=6)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", default="1,2", help="layers extracted (comma-separated)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="cells per batch at most (default: no cap)")
+    parser.add_argument("--tokens-per-batch", type=int, default=ExtractConfig.tokens_per_batch,
+                        help="padded tokens per batch (0: none, fixed batches of --batch-size)")
+    parser.add_argument("--lengths", choices=("poisson", "lognormal"), default="poisson")
+    parser.add_argument("--median-genes", type=int, default=600, help="with --lengths lognormal")
+    parser.add_argument("--compare-batch-size", type=int, default=None,
+                        help="compare fixed batches of this many cells with the token budget (see above)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compute-dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=2)
@@ -112,12 +164,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     try:
         genes = [f"ENSG{n:011d}" for n in range(args.genes)]
-        adata_path = write_counts_h5ad(work / "cells.h5ad", args.cells, genes, mean=args.mean_count, seed=1)
+        if args.lengths == "poisson":
+            adata_path = write_counts_h5ad(work / "cells.h5ad", args.cells, genes, mean=args.mean_count, seed=1)
+        else:
+            adata_path = work / "cells.h5ad"
+            write_sparse_h5ad(adata_path, args.cells, genes, args.median_genes, seed=1)
         model_dir = write_geneformer_folder(work / "model", genes, n_layers=args.n_layers, d_model=args.d_model,
                                             n_heads=4, d_ff=2 * args.d_model, max_positions=2048)
-        config = ExtractConfig(batch_size=args.batch_size, device=args.device, compute_dtype=args.compute_dtype,
-                               progress_bar=False)
+        config = ExtractConfig(batch_size=args.batch_size, tokens_per_batch=args.tokens_per_batch or None,
+                               device=args.device, compute_dtype=args.compute_dtype, progress_bar=False)
         model = load_model(model_dir, device=args.device)
+        if args.compare_batch_size:
+            compare_batching(model, adata_path, model_dir, layers, config, args.compare_batch_size, args.repeats, work)
+            return
         batches = prepare_batches(model, adata_path, config)
         n_cells = sum(len(b.cell_index) for b in batches)
         n_tokens = int(sum(b.gene_mask.sum() for b in batches))
@@ -150,7 +209,9 @@ def main() -> None:
         whole_s, whole_cpu = (min(t[i] for t in whole_times) for i in (0, 1))
         extract_s, extract_cpu = (min(t[i] for t in extract_times) for i in (0, 1))
         print(f"device={model.device} cells={n_cells} gene tokens={n_tokens} (mean {n_tokens / n_cells:.0f}/cell) "
-              f"model: {args.n_layers} layers, d={args.d_model}; layers extracted {layers}; batch {args.batch_size}")
+              f"model: {args.n_layers} layers, d={args.d_model}; layers extracted {layers};\n"
+              f"batch {args.batch_size} cells, "
+              f"{config.tokens_per_batch} tokens; padding fraction {padding_fraction(batches):.3f}")
         for name, wall, cpu in (("bare forward, whole model  ", whole_s, whole_cpu),
                                 ("bare forward, needed blocks", forward_s, forward_cpu),
                                 ("extraction                 ", extract_s, extract_cpu)):

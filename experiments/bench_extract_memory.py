@@ -43,8 +43,8 @@ mode, adata, model, out, batch_size, parts = sys.argv[1:]
 if mode == "base":
     load_model(model, device="cpu")
 else:
-    extract(adata, model, out, layers=[-1], batch_size=int(batch_size), worker=f"0/{{parts}}", device="cpu",
-            progress_bar=False)
+    extract(adata, model, out, layers=[-1], batch_size=int(batch_size), tokens_per_batch=None, worker=f"0/{{parts}}",
+            device="cpu", progress_bar=False)
 peak_kib = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 print(json.dumps({{"peak_rss": peak_kib * 1024}}))
 """

@@ -21,8 +21,13 @@ class ExtractConfig:
     gene_column: str | None = None
     """var column with gene ids (Ensembl for Geneformer, symbols for scGPT); default: Geneformer
     var['ensembl_id'] if present, else the index."""
-    batch_size: int = 16
-    """Cells per forward pass."""
+    tokens_per_batch: int | None = 8192
+    """Padded tokens per forward pass: within a commit window (cells sorted longest first) a batch takes cells
+    while (cells) x (its longest cell's input length) <= this; a longer cell goes alone. Size it to the device:
+    the forward's activation memory grows with it (on a GPU, raise it until memory is nearly full, e.g. 32768+
+    for Geneformer-sized models); None: fixed batches of batch_size cells."""
+    batch_size: int | None = None
+    """Most cells per forward pass (None: only tokens_per_batch limits a batch)."""
     cells_per_commit: int = 256
     """Cells per commit window (resume granularity)."""
     include_special_tokens: bool = False
@@ -75,10 +80,15 @@ class ExtractConfig:
     def __post_init__(self):
         if checks_deferred():
             return
-        for name in ("batch_size", "cells_per_commit", "shard_rows", "chunk_rows"):
+        for name in ("tokens_per_batch", "batch_size", "cells_per_commit", "shard_rows", "chunk_rows"):
             value = getattr(self, name)
+            if value is None and name in ("tokens_per_batch", "batch_size"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ExtractError(f"{name} must be a positive integer, found {value!r}")
+        if self.tokens_per_batch is None and self.batch_size is None:
+            raise ExtractError("tokens_per_batch and batch_size are both None: nothing bounds a batch; set "
+                               "tokens_per_batch (padded tokens per forward pass) or batch_size (cells per pass)")
         for name in ("store_dtype", "compute_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ExtractError(f"{name} must be one of {_DTYPES}, found {getattr(self, name)!r}")

@@ -32,7 +32,8 @@ and extraction settings), never by how a path is spelled. One that differs is re
 changes, naming each differing field (old -> new).
 
 Order and resume: cells are processed in windows of `cells_per_commit` consecutive AnnData rows; inside a
-window, cells are sorted by length (longest first, ties by row) into batches, which limits padding. After
+window, cells are sorted by length (longest first, ties by row) and cut into batches of at most
+tokens_per_batch padded tokens (and batch_size cells; extract.windows.batch_cuts), which limits padding. After
 each window every store commits, in a fixed order, with progress {"cells_done": end of window,
 "cells_total": cells in the AnnData} (a store with cells_done < cells_total is incomplete). A rerun
 opens the stores, restarts at the smallest cells_done, and appends to each store only the windows it has
@@ -171,7 +172,11 @@ def extract(
             "adata": adata_source(source, scan, len(skipped)),
             "extraction": {"cells_per_commit": config.cells_per_commit, "batch_size": config.batch_size,
                            "include_special_tokens": config.include_special_tokens,
-                           "compute_dtype": config.compute_dtype},
+                           "compute_dtype": config.compute_dtype,
+                           # fixed batches recorded by absence, as by the extractions written before the setting
+                           # existed, so those resume with --tokens_per_batch None --batch_size 16
+                           **({} if config.tokens_per_batch is None else
+                              {"tokens_per_batch": config.tokens_per_batch})},
         }
         datasets = store_paths(out_dir, layers, kinds)  # with workers: dataset folders, holding the parts
         sources = {(layer, kind): {**common, "layer": layer, "kind": kind} for layer, kind in datasets}

@@ -54,6 +54,28 @@ def make_batch(tokens: TokenizedCells, members: np.ndarray, cell_index: np.ndarr
     return Batch(input_ids, values, attention_mask, token_rows, gene_mask, cell_index[members])
 
 
+def batch_cuts(lengths: np.ndarray, tokens_per_batch: int | None, batch_size: int | None) -> list[slice]:
+    """Cut cells, kept in their order, into consecutive batches.
+
+    lengths: [n] int64 model input lengths (special tokens included) in processing order. Greedy: a batch
+    takes the next cell while (cells in it) x (its longest input, the padded length) stays <= tokens_per_batch
+    and its cells <= batch_size (None: no such limit); a cell longer than the budget goes alone. Returns
+    slices covering 0..n once, in order. In length-sorted order (longest first) the padded length is the
+    first cell's, so a batch holds about tokens_per_batch // that length cells.
+    """
+    cuts, start, longest = [], 0, 0
+    for i, length in enumerate(lengths.tolist()):
+        longest = max(longest, length)
+        cells = i - start + 1
+        if cells > 1 and ((tokens_per_batch is not None and cells * longest > tokens_per_batch)
+                          or (batch_size is not None and cells > batch_size)):
+            cuts.append(slice(start, i))
+            start, longest = i, length
+    if start < len(lengths):
+        cuts.append(slice(start, len(lengths)))
+    return cuts
+
+
 class Stores:
     """The writers of one extraction (or of one part of it), opened (resume) or created, and how far each one
     has committed.
@@ -108,7 +130,35 @@ def forward_batch(model: ExtractModel, batch: Batch, layers: list[int], config: 
         return model.hidden_states(ids, values, mask, layers)
 
 
-def write_batch(stores: Stores, batch: Batch, hidden: dict[int, torch.Tensor], window_end: int, has_cls: bool) -> None:
+@dataclass(frozen=True)
+class HostStates:
+    """A batch's hidden states on their way to the host: states {layer: [B, L, d] float32 CPU tensor}, readable
+    once `ready` (a CUDA event, None off CUDA) has completed."""
+
+    states: dict[int, torch.Tensor]
+    ready: torch.cuda.Event | None
+
+
+def to_host(hidden: dict[int, torch.Tensor]) -> HostStates:
+    """Start moving {layer: [B, L, d]} hidden states to the host without waiting for them.
+
+    On CUDA: each layer cast to float32 on the device, then copied into pinned host memory non-blocking on the
+    current stream, with an event recorded after the copies, so the caller queues the next forward pass while
+    the write thread waits on the event. This path is not exercised by the tests (no CUDA device here). Elsewhere:
+    the tensors as float32 (no copy for float32 CPU tensors).
+    """
+    if next(iter(hidden.values())).device.type != "cuda":
+        return HostStates({layer: states.float() for layer, states in hidden.items()}, None)
+    pinned = {}
+    for layer, states in hidden.items():
+        pinned[layer] = torch.empty(states.shape, dtype=torch.float32, pin_memory=True)
+        pinned[layer].copy_(states.float(), non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return HostStates(pinned, ready)
+
+
+def write_batch(stores: Stores, batch: Batch, hidden: HostStates, window_end: int, has_cls: bool) -> None:
     """Append the batch's token rows and cell embeddings to every store that still needs this window."""
     rows_b, rows_pos = np.nonzero(batch.token_rows)
     token_meta = {
@@ -120,12 +170,14 @@ def write_batch(stores: Stores, batch: Batch, hidden: dict[int, torch.Tensor], w
     cell_meta = {"cell_index": batch.cell_index}
     cls_meta = {**cell_meta, "token_id": batch.input_ids[:, 0], "position": np.zeros(n_cells, np.int64)}
     pool = (batch.gene_mask / batch.gene_mask.sum(1, keepdims=True)).astype(np.float32)  # [B, L] pooling weights
+    if hidden.ready is not None:
+        hidden.ready.synchronize()
     for layer in sorted({layer for layer, _ in stores.writers}):
         pending = [kind for (lyr, kind) in stores.writers if lyr == layer
                    and stores.cells_done[(lyr, kind)] < window_end and (kind != "cell_cls" or has_cls)]
         if not pending:
             continue
-        states = hidden[layer].float().cpu().numpy()  # [B, L, d]; one device->host copy per layer
+        states = hidden.states[layer].numpy()  # [B, L, d] float32
         for kind in pending:
             writer = stores.writers[(layer, kind)]
             if kind == "tokens":
@@ -193,11 +245,12 @@ def run_windows(model, tokenizer, source, stores: Stores, layers, n_tokens, n_ex
             counts = source.rows(lo, hi)[cells - lo]
             tokens = tokenizer(counts, cells)
             order = np.lexsort((cells, -n_tokens[cells]))
-            for b in range(0, len(order), config.batch_size):
-                batch = make_batch(tokens, order[b : b + config.batch_size], cells, model.pad_token_id, pad_value,
+            lengths = np.array([len(tokens.input_ids[m]) for m in order], np.int64)
+            for members in batch_cuts(lengths, config.tokens_per_batch, config.batch_size):
+                batch = make_batch(tokens, order[members], cells, model.pad_token_id, pad_value,
                                    config.include_special_tokens)
                 hidden = forward_batch(model, batch, layers, config)
-                writer.submit(write_batch, stores, batch, hidden, hi, has_cls)
+                writer.submit(write_batch, stores, batch, to_host(hidden), hi, has_cls)
                 bar.update(len(batch.cell_index))
             writer.submit(stores.commit, hi)
             bar.update(hi - lo - len(cells))

@@ -44,7 +44,7 @@ def test_jaxsae_extract_writes_every_store_and_names_them(tmp_path, kind):
         adata = write_counts_h5ad(tmp_path / "cells.h5ad", 24, SYMBOLS, mean=2.0)
         model_dir = write_scgpt_folder(tmp_path / "model", SYMBOLS, max_seq_len=32)
     run = jaxsae_cli("extract", adata, model_dir, tmp_path / "out", "--layers", "0,-1", "--cells-per-commit", "8",
-                     "--device", "cpu", "--no-progress-bar")
+                     "--tokens_per_batch", "100", "--device", "cpu", "--no-progress-bar")
     assert run.returncode == 0, run.stderr
     token_rows, n_cells = expected_rows(adata, model_dir)
     printed = run.stdout.splitlines()
@@ -58,6 +58,7 @@ def test_jaxsae_extract_writes_every_store_and_names_them(tmp_path, kind):
     index = json.loads((tmp_path / "out/extraction.json").read_text())
     assert index["complete"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "extraction.json", "layer_0", "layer_1", "skipped_cells.json"]  # no extract.lock, no .tmp left
+    assert open_store(tmp_path / "out/layer_0/tokens").source["extraction"]["tokens_per_batch"] == 100
     if kind == "scgpt":  # the scGPT binning is recorded in every manifest
         assert open_store(tmp_path / "out/layer_0/tokens").source["tokenizer"]["binning_seed"] == 0
 

@@ -110,6 +110,8 @@ def test_workers_with_different_settings_or_counts_are_refused_naming_what_diffe
                                            r"settings: extraction.batch_size: 3 -> 5; start every worker with the "
                                            r"same command"):
         extract(adata, model, out, worker="1/3", **{**OPTIONS, "batch_size": 5})
+    with pytest.raises(ExtractError, match=r"settings: extraction.tokens_per_batch: 8192 -> 64; start every"):
+        extract(adata, model, out, worker="1/3", **{**OPTIONS, "tokens_per_batch": 64})
     with pytest.raises(ExtractError, match=r"worker 1/4: dataset .*layer_1/tokens was started by 3 workers, not 4"):
         extract(adata, model, out, worker="1/4", **OPTIONS)
     listing = sorted(p.name for p in (out / "layer_1/tokens").iterdir())

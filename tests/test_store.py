@@ -109,6 +109,23 @@ def test_odd_pieces_several_commits_and_reopen_equal_one_go(tmp_path):
     assert store.progress == {"rows_done": 129}  # close() keeps the last progress
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_caller_may_reuse_its_arrays_after_append(tmp_path, dtype):
+    x = _rows(150, seed=2)
+    _write_in_one_go(tmp_path / "one_go", x, dtype)
+    w = StoreWriter.create(tmp_path / "reused", d_model=D_MODEL, dtype=dtype, shard_rows=SHARD_ROWS,
+                           chunk_rows=CHUNK_ROWS)
+    scratch = np.empty((50, D_MODEL), np.float32)  # one array refilled for every append, as a caller's buffer
+    for lo in range(0, 150, 50):
+        scratch[:] = x[lo : lo + 50]
+        w.append(scratch, **_metadata(lo, lo + 50))
+        if lo == 50:
+            w.commit()  # the partial shard's write must not see the later refills either
+    scratch[:] = np.nan
+    w.close()
+    _assert_same_store(tmp_path / "reused", tmp_path / "one_go")
+
+
 def test_uncommitted_rows_are_invisible_and_norm_counts_committed_only(tmp_path):
     x = _rows(200, seed=2)
     w = StoreWriter.create(tmp_path / "s", d_model=D_MODEL, shard_rows=SHARD_ROWS, chunk_rows=CHUNK_ROWS)

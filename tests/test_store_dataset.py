@@ -159,3 +159,26 @@ def test_store_info_and_verify_describe_every_part_of_a_dataset_complete_or_not(
         "problem: part-0002-of-0003 (cells 5 to 8) is INCOMPLETE: stopped at cell 6 of 5 to 8; run (or rerun) "
         "worker 2: the same jaxsae extract command with --worker 2/3, or the array task that is worker 2"]
     assert out[-1] == f"verify: 2 problem(s) found in {broken}"
+
+
+def test_a_part_with_a_corrupt_manifest_is_described_as_corrupt_not_refused(stores, tmp_path, capsys):
+    from jaxsae.cli import main
+
+    _, folder = stores
+    broken = tmp_path / "corrupt"
+    broken.mkdir()
+    (broken / "dataset.json").write_text((folder / "dataset.json").read_text())
+    write_store(broken / "part-0000-of-0003", range(0, 3), 0, part="part-0000-of-0003")
+    write_store(broken / "part-0002-of-0003", range(5, 8), 5, part="part-0002-of-0003")
+    (broken / "part-0001-of-0003").mkdir()
+    (broken / "part-0001-of-0003/manifest.json").write_text("{not json")
+    assert main(["store", "info", str(broken)]) == 0  # described, not refused
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "status     INCOMPLETE: 2 of 3 parts complete; 1,289 rows committed so far"
+    assert out[3].startswith("part       part-0001-of-0003  cells 3 to 5  -  CORRUPT: ")
+    assert out[-1] == (f"to do      part-0001-of-0003: delete {broken / 'part-0001-of-0003'}, then run (or rerun) "
+                       "worker 1: the same jaxsae extract command with --worker 1/3, or the array task that is worker 1")
+    assert main(["store", "verify", str(broken)]) == 1
+    assert "is CORRUPT: " in capsys.readouterr().out
+    with pytest.raises(StoreError, match=r"part part-0001-of-0003 \(cells 3 to 5\) has a manifest that cannot be read"):
+        open_store(broken)

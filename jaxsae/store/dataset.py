@@ -39,13 +39,15 @@ def is_dataset_folder(path: str | Path) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Part:
     """One part of a dataset as found on disk: its folder, global cells [first, stop), its manifest (None when
-    the part is missing) and its position among n_parts."""
+    the part is missing or its manifest cannot be read), its position among n_parts, and why its manifest
+    cannot be read (None when it can, or when there is none)."""
 
     path: Path
     cells: tuple[int, int]
     manifest: Manifest | None
     index: int
     n_parts: int
+    corrupt: str | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -54,11 +56,14 @@ class Part:
     @property
     def rerun(self) -> str:
         """How to finish this part."""
-        return (f"run (or rerun) worker {self.index}: the same jaxsae extract command with --worker "
+        return ((f"delete {self.path}, then " if self.corrupt else "") + f"run (or rerun) worker {self.index}: the same jaxsae extract command with --worker "
                 f"{self.index}/{self.n_parts}, or the array task that is worker {self.index}")
 
     def state(self) -> str:
-        """"missing", "complete" or "INCOMPLETE: cell k of first to stop" (one word or phrase, for tables)."""
+        """"missing", "CORRUPT: why", "complete" or "INCOMPLETE: cell k of first to stop" (one word or phrase, for
+        tables)."""
+        if self.corrupt:
+            return f"CORRUPT: {self.corrupt}"
         if self.manifest is None:
             return "missing"
         if self.is_complete:
@@ -75,7 +80,7 @@ class Part:
 
 def dataset_state(path: str | Path) -> tuple[list[Part], dict]:
     """(every part of the dataset folder `path`, as found, in order; the dataset.json record). Reads only;
-    raises StoreError only when dataset.json (or a part's manifest) cannot be read."""
+    raises StoreError only when dataset.json cannot be read (a part whose manifest cannot be is `corrupt`)."""
     folder = Path(path)
     try:
         record = json.loads((folder / DATASET_FILE).read_text())
@@ -87,9 +92,14 @@ def dataset_state(path: str | Path) -> tuple[list[Part], dict]:
     for i, entry in enumerate(entries):
         part_path = folder / entry["path"]
         manifest_file = part_path / "manifest.json"
-        manifest = (Manifest.from_json(manifest_file.read_text(), where=str(part_path))
-                    if manifest_file.is_file() else None)
-        parts.append(Part(part_path, (int(entry["cells"][0]), int(entry["cells"][1])), manifest, i, n_parts))
+        manifest, corrupt = None, None
+        if manifest_file.is_file():
+            try:
+                manifest = Manifest.from_json(manifest_file.read_text(), where=str(part_path))
+            except (OSError, UnicodeDecodeError, StoreError) as err:
+                corrupt = str(err)
+        parts.append(Part(part_path, (int(entry["cells"][0]), int(entry["cells"][1])), manifest, i, n_parts,
+                          corrupt))
     return parts, record
 
 
@@ -103,6 +113,9 @@ def dataset_parts(path: str | Path) -> tuple[list[Path], dict | None]:
     parts, record = dataset_state(path)
     for part in parts:
         name, (first, stop) = part.path.name, part.cells
+        if part.corrupt:
+            raise StoreError(f"dataset {path}: part {name} (cells {first:,} to {stop:,}) has a manifest that cannot "
+                             f"be read ({part.corrupt}); expected all {part.n_parts} parts complete; {part.rerun}")
         if part.manifest is None:
             raise StoreError(f"dataset {path}: part {name} (cells {first:,} to {stop:,}) is missing; expected all "
                              f"{part.n_parts} parts; {part.rerun}")

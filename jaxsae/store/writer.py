@@ -1,16 +1,26 @@
 """StoreWriter: append activation rows, write whole shards as they fill, commit rows with a manifest rewrite.
 
 Write protocol (crash safety):
-  * Rows are buffered in RAM from a shard-aligned start row. Whenever the buffer holds one or more whole
-    shards they are written at once (asynchronously, at most `MAX_SHARDS_IN_FLIGHT` shards in flight).
+  * Rows are copied (cast to the storage dtype) into a preallocated one-shard buffer that starts at a
+    shard-aligned row. When it fills, the whole shard is written (asynchronously, at most
+    `MAX_SHARDS_IN_FLIGHT` shards in flight) and a fresh buffer replaces it.
   * `commit` writes the buffered partial shard too (the whole shard prefix, committed rows included, so the
     shard file is rewritten in one piece), waits for every write to land (the writer's context fsyncs),
     and only then atomically replaces manifest.json with the new `rows_committed`.
   * The partial shard stays in the buffer after a commit, so the next write of that shard is again a
     single aligned write. `StoreWriter.open` reloads it from disk for the same reason.
+  * TensorStore may keep referencing what it was given (`can_reference_source_data_indefinitely`, which
+    saves its own copy of every shard): a buffer's rows are never modified once written, since appends only
+    fill rows after them and a full buffer is handed over and replaced, never reused.
   * Arrays grow in whole-shard capacity steps (shape[0] is a multiple of shard_rows) just before a shard
     is written. Rows in [rows_committed, shape[0]) are garbage: never read, overwritten by the next writer.
 A process killed at any point therefore leaves the previous manifest and every row it covers intact.
+
+PERFORMANCE: the writer copies each row once between the caller's array and TensorStore (into the shard
+buffer; float32 rows need no cast copy first), and TensorStore may reference the buffer instead of copying it
+into its cache. The lists of per-append arrays joined at each shard write that this replaced made two more
+copies (a cast copy and the join); on the extraction bench the write path went 0.87 -> 0.52 CPU-s
+(experiments/RESULTS.md, "Extraction overhead, round 2").
 """
 
 from __future__ import annotations
@@ -52,7 +62,9 @@ class StoreWriter:
         self._storage_dtype = _STORAGE_DTYPES[manifest.dtype]
         carried_rows = len(carried[ACTS])
         self._buffer_start = manifest.rows_committed - carried_rows
-        self._buffer: dict[str, list[np.ndarray]] = {name: [carried[name]] for name in ARRAY_NAMES}
+        self._buffer = self._new_buffer()  # {name: [shard_rows, ...]}, rows [0, rows_appended - buffer_start) set
+        for name in ARRAY_NAMES:
+            self._buffer[name][:carried_rows] = carried[name]
         self._rows_appended = manifest.rows_committed
         self._pending_sum = np.zeros(manifest.d_model, np.float64)
         self._pending_sq_norm = 0.0
@@ -148,17 +160,21 @@ class StoreWriter:
         n = len(rows)
         given = {"cell_index": cell_index, "token_id": token_id, "position": position}
         metadata = {name: self._checked_metadata(name, value, n) for name, value in given.items()}
-        for name, values in ((ACTS, rows), *metadata.items()):
-            self._buffer[name].append(values)
-        self._rows_appended += n
         self._pending_sum += row_sum
         self._pending_sq_norm += sq_norm
-        whole_shards = (self._rows_appended - self._buffer_start) // self._manifest.shard_rows
-        if whole_shards:
-            shard_rows = whole_shards * self._manifest.shard_rows
-            head = self._take_buffer(shard_rows)
-            self._write(self._buffer_start, head)
-            self._buffer_start += shard_rows
+        shard_rows = self._manifest.shard_rows
+        done = 0
+        while done < n:
+            fill = self._rows_appended - self._buffer_start
+            m = min(n - done, shard_rows - fill)
+            for name, values in ((ACTS, rows), *metadata.items()):
+                self._buffer[name][fill : fill + m] = values[done : done + m]
+            self._rows_appended += m
+            done += m
+            if fill + m == shard_rows:
+                self._write(self._buffer_start, self._buffer)
+                self._buffer_start += shard_rows
+                self._buffer = self._new_buffer()
 
     def flush(self) -> None:
         """Wait until every whole shard written by `append` has landed; the manifest is not touched."""
@@ -181,10 +197,8 @@ class StoreWriter:
             self._wait_for_writes(keep=0)
             return
         if self._rows_appended > max(self._buffer_start, self._manifest.rows_committed):
-            partial_shard = self._take_buffer(self._rows_appended - self._buffer_start)
-            self._write(self._buffer_start, partial_shard)
-            for name in ARRAY_NAMES:
-                self._buffer[name] = [partial_shard[name]]
+            fill = self._rows_appended - self._buffer_start
+            self._write(self._buffer_start, {name: buffer[:fill] for name, buffer in self._buffer.items()})
         self._wait_for_writes(keep=0)
         manifest = dataclasses.replace(
             self._manifest,
@@ -220,7 +234,8 @@ class StoreWriter:
             )
 
     def _checked_acts(self, acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """acts cast to the storage dtype: [n, d], with its float64 row sum [d] and sum of squared norms."""
+        """acts as the storage dtype: [n, d] (acts itself when it has that dtype: append copies it into the
+        buffer), with its float64 row sum [d] and sum of squared norms."""
         x = np.asarray(acts)
         d = self._manifest.d_model
         if x.ndim != 2 or x.shape[1] != d:
@@ -234,7 +249,7 @@ class StoreWriter:
                 "convert the activations to float32"
             )
         with np.errstate(over="ignore"):  # an overflow becomes Inf, reported below with its row
-            rows = x.astype(self._storage_dtype, copy=True)  # a copy: the caller may reuse its buffer
+            rows = x.astype(self._storage_dtype, copy=False)
         row_sum = np.zeros(d, np.float64)
         sq_norm = 0.0
         for start in range(0, len(rows), STATS_BLOCK_ROWS):
@@ -275,14 +290,10 @@ class StoreWriter:
             )
         return v.astype(dtype)
 
-    def _take_buffer(self, n_rows: int) -> dict[str, np.ndarray]:
-        """The first n_rows buffered rows of every array, removed from the buffer."""
-        head = {}
-        for name in ARRAY_NAMES:
-            joined = np.concatenate(self._buffer[name]) if len(self._buffer[name]) > 1 else self._buffer[name][0]
-            head[name] = joined[:n_rows]
-            self._buffer[name] = [joined[n_rows:]]
-        return head
+    def _new_buffer(self) -> dict[str, np.ndarray]:
+        """One shard of uninitialised rows of every array: acts [shard_rows, d], metadata [shard_rows]."""
+        return {name: np.empty((self._manifest.shard_rows, *array.shape[1:]), array.dtype.numpy_dtype)
+                for name, array in self._arrays.items()}
 
     def _write(self, start: int, rows: dict[str, np.ndarray]) -> None:
         """Issue the writes of rows [start, start + n) of every array, growing the arrays first if needed."""
@@ -299,7 +310,8 @@ class StoreWriter:
                 self._arrays[name] = future.result()
             except ValueError as err:
                 raise self._write_error(err) from None
-        self._in_flight.extend(self._arrays[name][start:stop].write(rows[name]) for name in ARRAY_NAMES)
+        self._in_flight.extend(self._arrays[name][start:stop].write(rows[name], can_reference_source_data_indefinitely=True)
+                               for name in ARRAY_NAMES)
         self._wait_for_writes(keep=MAX_SHARDS_IN_FLIGHT * len(ARRAY_NAMES))
 
     def _wait_for_writes(self, keep: int) -> None:
