@@ -283,21 +283,16 @@ def _sparse_decode_fwd(W_dec, weights, local, compute_dtype):
 
 
 def _sparse_decode_bwd(compute_dtype, residuals, g):
-    """g: [B, P, d] -> (dW_dec [n_local, d], d weights [B, K, P], None). One loop over row chunks: each chunk
-    gathers its K decoder rows (d weights) and scatter-adds its K gradient rows into dW_dec (see
-    `scatter_add_outer`; one pass over the indices and g instead of two loops)."""
+    """g: [B, P, d] -> (dW_dec [n_local, d], d weights [B, K, P], None)."""
     W_dec, weights, local = residuals
-    d = W_dec.shape[1]
 
-    def chunk_grads(table, dW, chunk):
-        weights_c, local_c, g_c = chunk
-        d_weights_c = einsum("bpd,bkd->bkp", g_c, gather_rows(table, local_c), compute_dtype=compute_dtype)
-        rows = jnp.einsum("bkp,bpd->bkd", weights_c, g_c).reshape(-1, d)
-        return dW.at[local_c.reshape(-1)].add(rows, mode="promise_in_bounds"), d_weights_c
+    def d_weights_chunk(table, _, chunk):
+        local_c, g_c = chunk
+        return None, einsum("bpd,bkd->bkp", g_c, gather_rows(table, local_c), compute_dtype=compute_dtype)
 
-    dW = zeros_varying_like_all(W_dec.shape, W_dec.dtype, W_dec, weights, g)
-    dW, d_weights = scan_row_chunks(chunk_grads, dW, (weights, local, g), d * local.shape[1],
-                                    W_dec.astype(compute_dtype))
+    table = W_dec.astype(compute_dtype)
+    d_weights = scan_row_chunks(d_weights_chunk, None, (local, g), W_dec.shape[1] * local.shape[1], table)[1]
+    dW = scatter_add_outer(W_dec, weights, local, g)
     return reduce_to_type_of(dW, W_dec), reduce_to_type_of(d_weights, weights), None
 
 
