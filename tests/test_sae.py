@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jaxsae.errors import ConfigError
-from jaxsae.sae import base, builtin_names, constraints
+from jaxsae.sae import base, builtin_names, constraints, sparse
 from jaxsae.sae.base import Axes, LossContext, SAEConfig
 from jaxsae.sae.fold import fold_input_scale
 from jaxsae.sae.init import geometric_median
@@ -168,6 +168,22 @@ def test_approx_selection_recall_and_training_loss():
     exact_out = jitted_loss_and_grad("topk", cfg)(params, buffers, dead, x, hp)
     approx_out = jitted_loss_and_grad("topk", dataclasses.replace(cfg, selection="approx"))(params, buffers, dead, x, hp)
     assert_trees_close(approx_out, exact_out, rtol=0, atol=0, what="approx vs exact selection on CPU ")
+
+
+@pytest.mark.parametrize("n,k", [(1024, 16), (4096, 7), (8192, 32)])
+def test_two_stage_top_k_equals_lax_top_k(n, k):
+    """The top-k of the step's selection (`sparse.top_k`: block maxima, then the blocks' scores) gives
+    `lax.top_k`'s values and indices, ties included (to the lower index), on rows of ties and -inf."""
+    assert sparse.block_size(n, k) > 1  # the two-stage path, not lax.top_k itself
+    scores = np.array(jax.random.normal(jax.random.key(n + k), (96, n)))
+    scores[:32] = np.round(scores[:32])  # a few distinct values: ties across and inside blocks
+    scores[32:40] = 0.0
+    scores[40:48, ::3] = -np.inf
+    scores[48:56, : n // 2] = -0.0
+    values, index = jax.jit(lambda s: sparse.top_k(s, k))(scores)
+    expected_values, expected_index = jax.lax.top_k(scores, k)
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(expected_values))
+    np.testing.assert_array_equal(np.asarray(index), np.asarray(expected_index))
 
 
 def test_decoder_projection_helpers():
