@@ -60,7 +60,8 @@ class ExtractConfig:
     """scGPT: restrict to the N most variable genes ("args": args.json's n_hvg; default: all genes, as scGPT's
     embedding path)."""
     hvg_flavor: str = "seurat_v3"
-    """scanpy HVG flavor (seurat_v3 needs scikit-misc; seurat works without)."""
+    """scanpy HVG flavor: 'seurat' / 'cell_ranger' are computed in row blocks (extract.hvg); 'seurat_v3' needs
+    scikit-misc and reads the whole count matrix into memory."""
     include_zero_genes: bool = False
     """scGPT: feed all kept genes, zeros included."""
     seed: int = 0

@@ -156,9 +156,7 @@ def extract(
         }
         model = load_model(model_path, device=config.device, **geneformer_files)
         layers = model.check_layers(list(layers))
-        full_counts = source.rows(0, source.n_cells) if model.kind == "scgpt" and _wants_hvg(model, config) else None
-        tokenizer = model.make_tokenizer(source.var, counts=full_counts, **config.tokenizer_options())
-        del full_counts
+        tokenizer = model.make_tokenizer(source.var, counts_source=source, **config.tokenizer_options())
         worker = resolve_worker(config.worker)
         scan = (scan_cells(source, tokenizer) if worker is None else  # workers share one scan (extract.scan)
                 shared_scan(out_dir, source, config.gene_column, tokenizer, model.describe()))
@@ -253,8 +251,3 @@ def _finished(out_dir: Path, layers: list[int], kinds: list[str]) -> bool:
     previous = json.loads(index.read_text())
     return bool(previous.get("complete")) and set(layers) <= set(previous.get("layers", [])) \
         and previous.get("kinds") == kinds
-
-
-def _wants_hvg(model, config: ExtractConfig) -> bool:
-    return bool(model.n_hvg if config.n_hvg == "args" else config.n_hvg)
-

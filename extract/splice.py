@@ -117,8 +117,7 @@ def sample_cells(model, adata_path, n_cells: int, seed: int, source: dict, obs: 
 
         counts = sp.vstack(blocks).tocsr()
         options = {k: v for k, v in (source.get("tokenizer") or {}).items() if k in TOKENIZER_OPTIONS}
-        full = counts_file.rows(0, counts_file.n_cells) if options.get("n_hvg") else None
-        tokenizer = model.make_tokenizer(counts_file.var, counts=full, **options)
+        tokenizer = model.make_tokenizer(counts_file.var, counts_source=counts_file, **options)
         labels = read_labels(adata_path, obs, chosen) if obs is not None else None
     expressed = tokenizer.plan.n_expressed(counts) > 0
     if not expressed.any():

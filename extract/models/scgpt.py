@@ -27,6 +27,7 @@ from torch import nn
 
 from extract.errors import ExtractError
 from extract.models.base import ExtractModel, ModelVocabulary, require_files, resolve_device, sha256_files
+from extract.hvg import STREAMED_FLAVORS, streamed_hvg
 from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, select_hvg, vocab_gene_table
 
 log = logging.getLogger("jaxsae.extract")
@@ -185,17 +186,20 @@ class ScGPTModel(ExtractModel):
         return vocab_gene_table(self.vocab)
 
     def make_tokenizer(
-        self, var, *, gene_column=None, counts=None, n_hvg=None, hvg_flavor="seurat_v3",
+        self, var, *, gene_column=None, counts_source=None, n_hvg=None, hvg_flavor="seurat_v3",
         max_seq_len=None, include_zero_genes=False, seed=0, binning_seed=0, duplicate_genes="sum", **_unused,
     ):
         """n_hvg: None (all genes, as scGPT's embedding path), 'args' (args.json's n_hvg) or an int; HVG
-        selection needs `counts` ([n_cells, n_var] CSR, in memory)."""
+        selection needs `counts_source` (a CountSource(s): `n_cells`, `rows(lo, hi)` -> CSR counts), read in row
+        blocks for 'seurat'/'cell_ranger' (extract.hvg) and whole for 'seurat_v3' (select_hvg)."""
         n_hvg = self.n_hvg if n_hvg == "args" else n_hvg
         gene_mask = None
         if n_hvg:
-            if counts is None:
-                raise ExtractError("highly variable gene selection needs the count matrix (counts=...)")
-            gene_mask = select_hvg(counts, var, int(n_hvg), hvg_flavor)
+            if counts_source is None:
+                raise ExtractError("highly variable gene selection was asked for (n_hvg) without the counts; "
+                                   "expected counts_source=<the CountSource>; pass it")
+            gene_mask = (streamed_hvg(counts_source, int(n_hvg), hvg_flavor) if hvg_flavor in STREAMED_FLAVORS else
+                         select_hvg(counts_source.rows(0, counts_source.n_cells), var, int(n_hvg), hvg_flavor))
         return ScGPTTokenizer(
             self.vocab, var, n_bins=self.n_bins, max_seq_len=max_seq_len or self.max_seq_len,
             pad_token=self.pad_token, pad_value=self.pad_value, gene_column=gene_column, gene_mask=gene_mask,

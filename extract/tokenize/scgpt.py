@@ -80,7 +80,8 @@ def bin_values(values: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.
 
 
 def select_hvg(counts: sp.csr_matrix, var: pd.DataFrame, n_top_genes: int, flavor: str) -> np.ndarray:
-    """[n_var] bool mask of highly variable genes, with scanpy (needs the count matrix in memory).
+    """[n_var] bool mask of highly variable genes, with scanpy (needs the count matrix in memory; extraction
+    uses it only for 'seurat_v3', whose loess fit is not streamed; the others stream in extract.hvg).
 
     flavor 'seurat_v3' (scGPT's choice for raw counts; needs scikit-misc) runs on counts; 'seurat' and
     'cell_ranger' run on log1p of counts per 10,000.

@@ -1,0 +1,52 @@
+"""Highly variable genes streamed over row blocks equal scanpy's in-memory selection; extraction reads blocks."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from extract.counts import CountSource
+from extract.errors import ExtractError
+from extract.hvg import streamed_hvg
+from extract.run import extract
+from extract.testing import write_counts_h5ad, write_scgpt_folder
+from extract.tokenize.scgpt import select_hvg
+
+
+@pytest.fixture(scope="module")
+def pbmc_file(pbmc_cells, tmp_path_factory):
+    path = tmp_path_factory.mktemp("hvg") / "pbmc.h5ad"
+    pbmc_cells.write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("flavor", ["seurat", "cell_ranger"])
+@pytest.mark.parametrize("n_top_genes", [50, 300])
+def test_streamed_mask_equals_scanpy_in_memory(pbmc_file, pbmc_cells, flavor, n_top_genes):
+    expected = select_hvg(sp.csr_matrix(pbmc_cells.X), pbmc_cells.var, n_top_genes, flavor)
+    with CountSource(pbmc_file) as source:
+        streamed = streamed_hvg(source, n_top_genes, flavor, block_rows=97)  # 700 cells: 8 uneven blocks
+    assert expected.sum() == n_top_genes
+    np.testing.assert_array_equal(streamed, expected)
+
+
+def test_seurat_v3_is_not_streamed(pbmc_file):
+    with CountSource(pbmc_file) as source, pytest.raises(ExtractError, match="'seurat_v3'"):
+        streamed_hvg(source, 50, "seurat_v3")
+
+
+def test_extraction_with_hvg_reads_row_blocks(tmp_path, monkeypatch):
+    symbols = [f"G{n}" for n in range(60)]
+    adata = write_counts_h5ad(tmp_path / "cells.h5ad", 200, symbols)
+    model_dir = write_scgpt_folder(tmp_path / "model", symbols, max_seq_len=16)
+    reads, rows = [], CountSource.rows
+
+    def recording_rows(self, start, stop):
+        reads.append(stop - start)
+        return rows(self, start, stop)
+
+    monkeypatch.setattr(CountSource, "rows", recording_rows)
+    monkeypatch.setattr("extract.hvg.BLOCK_ROWS", 64)
+    monkeypatch.setattr("extract.scan.SCAN_ROWS", 64)  # the cell scan's blocks (4,096) would hold all 200 too
+    extract(adata, model_dir, tmp_path / "out", layers=[0], device="cpu", progress_bar=False, n_hvg=20,
+            hvg_flavor="seurat", cells_per_commit=64, cell_embeddings=False)
+    assert reads and max(reads) <= 64  # never the whole 200-cell matrix
