@@ -89,13 +89,18 @@ def test_training_on_a_dataset_or_a_list_of_stores_is_bitwise_training_on_the_si
             np.testing.assert_array_equal(trained.params[name], reference.params[name], err_msg=name)
 
 
+def parts_0_and_2(folder, dest):
+    """A copy of the dataset `folder`'s dataset.json in `dest` with parts 0 and 2 written and part 1 absent."""
+    dest.mkdir()
+    (dest / "dataset.json").write_text((folder / "dataset.json").read_text())
+    write_store(dest / "part-0000-of-0003", range(0, 3), 0, part="part-0000-of-0003")
+    write_store(dest / "part-0002-of-0003", range(5, 8), 5, part="part-0002-of-0003")
+    return dest
+
+
 def test_a_dataset_with_a_missing_or_unfinished_part_is_refused_naming_the_part(stores, tmp_path):
     _, folder = stores
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "dataset.json").write_text((folder / "dataset.json").read_text())
-    write_store(broken / "part-0000-of-0003", range(0, 3), 0, part="part-0000-of-0003")
-    write_store(broken / "part-0002-of-0003", range(5, 8), 5, part="part-0002-of-0003")
+    broken = parts_0_and_2(folder, tmp_path / "broken")
     with pytest.raises(ConfigError, match=r"data.store: dataset .*broken: part part-0001-of-0003 \(cells 3 to 5\) is "
                                           r"missing; expected all 3 parts; run \(or rerun\) worker 1: the same jaxsae "
                                           r"extract command with --worker 1/3"):
@@ -165,11 +170,7 @@ def test_a_part_with_a_corrupt_manifest_is_described_as_corrupt_not_refused(stor
     from jaxsae.cli import main
 
     _, folder = stores
-    broken = tmp_path / "corrupt"
-    broken.mkdir()
-    (broken / "dataset.json").write_text((folder / "dataset.json").read_text())
-    write_store(broken / "part-0000-of-0003", range(0, 3), 0, part="part-0000-of-0003")
-    write_store(broken / "part-0002-of-0003", range(5, 8), 5, part="part-0002-of-0003")
+    broken = parts_0_and_2(folder, tmp_path / "corrupt")
     (broken / "part-0001-of-0003").mkdir()
     (broken / "part-0001-of-0003/manifest.json").write_text("{not json")
     assert main(["store", "info", str(broken)]) == 0  # described, not refused
