@@ -60,8 +60,8 @@ class ExtractConfig:
     """scGPT: restrict to the N most variable genes ("args": args.json's n_hvg; default: all genes, as scGPT's
     embedding path)."""
     hvg_flavor: str = "seurat_v3"
-    """scanpy HVG flavor: 'seurat' / 'cell_ranger' are computed in row blocks (extract.hvg); 'seurat_v3' needs
-    scikit-misc and reads the whole count matrix into memory."""
+    """scanpy HVG flavor, 'seurat_v3' (needs scikit-misc, in the extract extra), 'seurat' or 'cell_ranger'; each is
+    computed over row blocks of the counts (extract.hvg) and equals scanpy's in-memory selection."""
     include_zero_genes: bool = False
     """scGPT: feed all kept genes, zeros included."""
     seed: int = 0

@@ -1,7 +1,10 @@
 """Highly variable genes streamed over row blocks equal scanpy's in-memory selection; extraction reads blocks."""
 
+import anndata
 import numpy as np
+import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 
 from extract.counts import CountSource
@@ -9,7 +12,18 @@ from extract.errors import ExtractError
 from extract.hvg import streamed_hvg
 from extract.run import extract
 from extract.testing import write_counts_h5ad, write_scgpt_folder
-from extract.tokenize.scgpt import select_hvg
+
+
+def scanpy_hvg(counts: sp.csr_matrix, var, n_top_genes: int, flavor: str) -> np.ndarray:
+    """[n_var] bool: scanpy's own `highly_variable_genes` on the whole matrix (log1p of counts per 10,000 for
+    'seurat' / 'cell_ranger', raw counts for 'seurat_v3')."""
+    adata = anndata.AnnData(X=counts.astype(np.float32), var=pd.DataFrame(index=var.index.astype(str)))
+    adata.var_names_make_unique()
+    if flavor != "seurat_v3":
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor=flavor)
+    return adata.var["highly_variable"].to_numpy(dtype=bool)
 
 
 @pytest.fixture(scope="module")
@@ -19,22 +33,23 @@ def pbmc_file(pbmc_cells, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("flavor", ["seurat", "cell_ranger"])
+@pytest.mark.parametrize("flavor", ["seurat_v3", "seurat", "cell_ranger"])
 @pytest.mark.parametrize("n_top_genes", [50, 300])
 def test_streamed_mask_equals_scanpy_in_memory(pbmc_file, pbmc_cells, flavor, n_top_genes):
-    expected = select_hvg(sp.csr_matrix(pbmc_cells.X), pbmc_cells.var, n_top_genes, flavor)
+    expected = scanpy_hvg(sp.csr_matrix(pbmc_cells.X), pbmc_cells.var, n_top_genes, flavor)
     with CountSource(pbmc_file) as source:
         streamed = streamed_hvg(source, n_top_genes, flavor, block_rows=97)  # 700 cells: 8 uneven blocks
     assert expected.sum() == n_top_genes
     np.testing.assert_array_equal(streamed, expected)
 
 
-def test_seurat_v3_is_not_streamed(pbmc_file):
-    with CountSource(pbmc_file) as source, pytest.raises(ExtractError, match="'seurat_v3'"):
-        streamed_hvg(source, 50, "seurat_v3")
+def test_an_unknown_flavor_is_refused(pbmc_file):
+    with CountSource(pbmc_file) as source, pytest.raises(ExtractError, match="'seurat_v3', 'seurat', 'cell_ranger'"):
+        streamed_hvg(source, 50, "pearson_residuals")
 
 
-def test_extraction_with_hvg_reads_row_blocks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flavor", ["seurat_v3", "seurat"])
+def test_extraction_with_hvg_reads_row_blocks(tmp_path, monkeypatch, flavor):
     symbols = [f"G{n}" for n in range(60)]
     adata = write_counts_h5ad(tmp_path / "cells.h5ad", 200, symbols)
     model_dir = write_scgpt_folder(tmp_path / "model", symbols, max_seq_len=16)
@@ -48,5 +63,5 @@ def test_extraction_with_hvg_reads_row_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr("extract.hvg.BLOCK_ROWS", 64)
     monkeypatch.setattr("extract.scan.SCAN_ROWS", 64)  # the cell scan's blocks (4,096) would hold all 200 too
     extract(adata, model_dir, tmp_path / "out", layers=[0], device="cpu", progress_bar=False, n_hvg=20,
-            hvg_flavor="seurat", cells_per_commit=64, cell_embeddings=False)
+            hvg_flavor=flavor, cells_per_commit=64, cell_embeddings=False)
     assert reads and max(reads) <= 64  # never the whole 200-cell matrix

@@ -27,8 +27,8 @@ from torch import nn
 
 from extract.errors import ExtractError
 from extract.models.base import ExtractModel, ModelVocabulary, require_files, resolve_device, sha256_files
-from extract.hvg import STREAMED_FLAVORS, streamed_hvg
-from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, select_hvg, vocab_gene_table
+from extract.hvg import streamed_hvg
+from extract.tokenize.scgpt import ScGPTTokenizer, load_vocab, vocab_gene_table
 
 log = logging.getLogger("jaxsae.extract")
 REQUIRED_FILES = ["args.json", "vocab.json", "best_model.pt"]
@@ -191,15 +191,14 @@ class ScGPTModel(ExtractModel):
     ):
         """n_hvg: None (all genes, as scGPT's embedding path), 'args' (args.json's n_hvg) or an int; HVG
         selection needs `counts_source` (a CountSource(s): `n_cells`, `rows(lo, hi)` -> CSR counts), read in row
-        blocks for 'seurat'/'cell_ranger' (extract.hvg) and whole for 'seurat_v3' (select_hvg)."""
+        blocks (extract.hvg)."""
         n_hvg = self.n_hvg if n_hvg == "args" else n_hvg
         gene_mask = None
         if n_hvg:
             if counts_source is None:
                 raise ExtractError("highly variable gene selection was asked for (n_hvg) without the counts; "
                                    "expected counts_source=<the CountSource>; pass it")
-            gene_mask = (streamed_hvg(counts_source, int(n_hvg), hvg_flavor) if hvg_flavor in STREAMED_FLAVORS else
-                         select_hvg(counts_source.rows(0, counts_source.n_cells), var, int(n_hvg), hvg_flavor))
+            gene_mask = streamed_hvg(counts_source, int(n_hvg), hvg_flavor)
         return ScGPTTokenizer(
             self.vocab, var, n_bins=self.n_bins, max_seq_len=max_seq_len or self.max_seq_len,
             pad_token=self.pad_token, pad_value=self.pad_value, gene_column=gene_column, gene_mask=gene_mask,

@@ -2,7 +2,7 @@
 
 from extract.tokenize.genes import TokenizedCells, as_count_rows
 from extract.tokenize.geneformer import GeneformerDictionaries, GeneformerTokenizer
-from extract.tokenize.scgpt import ScGPTTokenizer, bin_values, load_vocab, select_hvg
+from extract.tokenize.scgpt import ScGPTTokenizer, bin_values, load_vocab
 
 __all__ = [
     "GeneformerDictionaries",
@@ -12,5 +12,4 @@ __all__ = [
     "as_count_rows",
     "bin_values",
     "load_vocab",
-    "select_hvg",
 ]

@@ -79,31 +79,6 @@ def bin_values(values: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.
     return binned
 
 
-def select_hvg(counts: sp.csr_matrix, var: pd.DataFrame, n_top_genes: int, flavor: str) -> np.ndarray:
-    """[n_var] bool mask of highly variable genes, with scanpy (needs the count matrix in memory; extraction
-    uses it only for 'seurat_v3', whose loess fit is not streamed; the others stream in extract.hvg).
-
-    flavor 'seurat_v3' (scGPT's choice for raw counts; needs scikit-misc) runs on counts; 'seurat' and
-    'cell_ranger' run on log1p of counts per 10,000.
-    """
-    import anndata
-    import scanpy as sc
-
-    adata = anndata.AnnData(X=counts.astype(np.float32), var=pd.DataFrame(index=var.index.astype(str)))
-    adata.var_names_make_unique()
-    if flavor != "seurat_v3":
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
-    try:
-        sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor=flavor)
-    except ImportError as err:
-        raise ExtractError(
-            f"highly variable genes with flavor={flavor!r} needs an extra package ({err}); install it or "
-            "pass hvg_flavor='seurat'"
-        ) from err
-    return adata.var["highly_variable"].to_numpy(dtype=bool)
-
-
 class ScGPTTokenizer:
     """Gene tokens + binned values for one AnnData's var.
 
