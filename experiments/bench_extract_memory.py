@@ -1,7 +1,7 @@
 """Benchmark: peak RSS of `jaxsae extract` on a large sparse .h5ad vs a documented function of batch size.
 
     python experiments/bench_extract_memory.py [--cells 200000] [--genes 20000] [--median-genes 1000]
-                                               [--batch-sizes 8,64] [--parts 100]
+                                               [--batch-sizes 8,64] [--parts 100] [--hvg]
 
 Builds (once, cached in --work) a synthetic CSR .h5ad of --cells cells over --genes genes, written block by block
 with h5py (never in memory): per cell a log-normal number of expressed genes (median --median-genes, sigma 0.5,
@@ -19,6 +19,10 @@ base: RSS of a process that imported torch and loaded the model (measured in thi
 size; d, d_ff, heads, n_blocks: its geometry; G: the most non-zeros of any SCAN_ROWS + cells_per_commit cells
 (one scan block and one window of counts; 12 bytes per non-zero as float64 + int32). The file size appears in
 no term; the script prints it next to the peaks.
+
+--hvg: the peak RSS of choosing 2,000 'seurat_v3' highly variable genes (scGPT's default) over ALL cells, streamed
+in blocks of extract.hvg.BLOCK_ROWS cells (what extraction does) and, for contrast, by scanpy on the file loaded
+into memory; both against a child that only imported the same modules (scanpy and scikit-misc too).
 """
 
 from __future__ import annotations
@@ -40,8 +44,19 @@ sys.path.insert(0, {repo!r})
 from extract.models import load_model
 from extract.run import extract
 mode, adata, model, out, batch_size, parts = sys.argv[1:]
-if mode == "base":
+if mode == "import":
+    import anndata, scanpy, skmisc.loess  # what the hvg children import besides the header's modules
+elif mode == "base":
     load_model(model, device="cpu")
+elif mode == "hvg_streamed":
+    from extract.counts import CountSource
+    from extract.hvg import streamed_hvg
+    with CountSource(adata) as source:
+        streamed_hvg(source, 2000, "seurat_v3")
+elif mode == "hvg_in_memory":
+    import anndata, scanpy as sc
+    cells = anndata.read_h5ad(adata)
+    sc.pp.highly_variable_genes(cells, n_top_genes=2000, flavor="seurat_v3")
 else:
     extract(adata, model, out, layers=[-1], batch_size=int(batch_size), tokens_per_batch=None, worker=f"0/{{parts}}",
             device="cpu", progress_bar=False)
@@ -95,6 +110,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="8,64")
     parser.add_argument("--parts", type=int, default=100, help="extract worker 0 of this many (a prefix of cells)")
     parser.add_argument("--work", default="/tmp/bench_extract_memory")
+    parser.add_argument("--hvg", action="store_true", help="also: peak RSS of 2,000 'seurat_v3' highly variable genes "
+                        "of the whole file, streamed (extract.hvg) and in memory (scanpy on the loaded file)")
     args = parser.parse_args()
     from extract.demo import prepare_demo
     from extract.models import load_model
@@ -138,6 +155,13 @@ def main() -> None:
               f"(base {base / 2**20:,.0f} + forward {forward / 2**20:,.0f} + store buffers {buffers / 2**20:,.0f} + "
               f"count blocks {counts / 2**20:,.0f})   {'within' if peak <= predicted else 'ABOVE'} the bound   "
               f"{time.perf_counter() - started:.0f} s")
+    if args.hvg:
+        import_base = run_child("import", path, model_dir, work / "out", 0, args.parts)
+        for mode in ("hvg_streamed", "hvg_in_memory"):
+            started = time.perf_counter()
+            peak = run_child(mode, path, model_dir, work / "out", 0, args.parts)
+            print(f"{mode}: peak RSS {peak / 2**20:7,.0f} MiB ({(peak - import_base) / 2**20:,.0f} above the imports' "
+                  f"{import_base / 2**20:,.0f}) in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
