@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adata", help=".h5ad of raw counts; default: the demo cells")
     ap.add_argument("--layer", type=int, default=None, help="block whose residual stream to extract (default: middle)")
     ap.add_argument("--out", default="runs/quickstart", help="output folder (stores and the training run)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace stores under --out that an earlier run extracted with other settings")
     ap.add_argument("--cache", default=".cache/demo", help="where the demo data and model are cached")
     ap.add_argument("--n-latents", type=int, default=None, help="dictionary size (default: 8 x d_model)")
     ap.add_argument("--k", type=int, default=16)
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         layer = args.layer if args.layer is not None else load_model(model_dir).n_layers // 2
 
         print(f"[2/4] extracting layer {layer} activations of {adata_path}")
-        stores = extract(adata_path, model_dir, os.path.join(args.out, "stores"), layers=[layer])
+        stores = extract(adata_path, model_dir, os.path.join(args.out, "stores"), layers=[layer],
+                         overwrite=args.overwrite)
         store_path = str(stores[layer])
         store = open_store(store_path)
 
