@@ -263,6 +263,10 @@ class SAEConfig:
     """Initial value of every JumpReLU threshold (Rajamanoharan et al. 2024: 0.001)."""
     decoder_init_norm: float | None = None
     """Norm of the initial decoder rows (relu: Anthropic April 2024 uses 0.1; others 1)."""
+    encoder_init_norm: float | None = None
+    """Norm of the initial encoder columns, W_enc = W_dec^T rescaled (topk, batchtopk, matryoshka: 1/sqrt(3) ~ 0.577,
+    a row of PyTorch's default Linear init, as OpenAI's TopK code and EleutherAI's sparsify start; others: the
+    decoder rows' norm)."""
     sparse_decode: bool = True
     """Top-k family: decode and the encoder weight gradient touch only the k selected latents."""
     compute_dtype: str = "float32"
@@ -294,6 +298,9 @@ class SAEConfig:
             raise ConfigError(f"sae.approx_recall: must be in (0, 1], got {self.approx_recall}")
         if self.batchtopk_row_cap < 1:
             raise ConfigError(f"sae.batchtopk_row_cap: must be >= 1, got {self.batchtopk_row_cap}")
+        for name in ("decoder_init_norm", "encoder_init_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"sae.{name}: must be > 0 or unset, got {getattr(self, name)}")
         build(self)  # an unknown architecture, or settings it refuses (e.g. k > n_latents), fail here
 
     @property

@@ -21,7 +21,7 @@ import numpy as np
 from jaxsae.sae.base import Architecture, Axes, Buffers, LossContext, LossOut, Params, Range, SAEConfig, check_k
 from jaxsae.sae.common import decode, member_k, pre_activations
 from jaxsae.sae.fold import linear_fold
-from jaxsae.sae.init import TIED_LAYOUT, decoder_row_norm, tied
+from jaxsae.sae.init import TIED_LAYOUT, TORCH_LINEAR_ROW_NORM, decoder_row_norm, tied
 from jaxsae.sae.portable import PortableForm, linear
 from jaxsae.sae.sparse import batch_candidates, batch_top_k, selected_pre
 from jaxsae.sae.topk_losses import LOSS_TERMS, Forward, reconstruction_loss, select as topk_select
@@ -73,8 +73,10 @@ def batchtopk(cfg: SAEConfig) -> Architecture:
     check_k(cfg)
 
     def init(key: jax.Array, b_dec: jax.Array) -> Params:
-        """Decoder rows random unit directions, W_enc = W_dec^T, b_enc = 0, b_dec as given."""
-        return tied(key, cfg, b_dec, decoder_row_norm(cfg, 1.0))
+        """Decoder rows random unit directions, W_enc = W_dec^T with columns of norm 1/sqrt(3) as TopK's (see
+        topk.py; demo store, 1,000 steps: training FVU 0.0625 vs 0.0815 with unit columns), b_enc = 0, b_dec as
+        given."""
+        return tied(key, cfg, b_dec, decoder_row_norm(cfg, 1.0), TORCH_LINEAR_ROW_NORM)
 
     def loss(params: Params, buffers: Buffers, x: jax.Array, hp: BatchTopKHParams,
              ctx: LossContext) -> tuple[jax.Array, LossOut]:

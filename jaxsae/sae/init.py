@@ -20,12 +20,18 @@ def decoder_row_norm(cfg: SAEConfig, default: float) -> float:
     return default if cfg.decoder_init_norm is None else float(cfg.decoder_init_norm)
 
 
+# The norm of a row of PyTorch's default nn.Linear(d, n) weights (uniform in +-1/sqrt(d): E ||w||^2 = 1/3), the
+# encoder OpenAI's TopK code and EleutherAI's sparsify start from, their decoder its rows normalised.
+TORCH_LINEAR_ROW_NORM = 3 ** -0.5
+
+
 # Latent axis of each parameter `tied` makes (per member): W_enc [d, n] columns, b_enc [n], W_dec [n, d] rows.
 TIED_LAYOUT = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "b_dec": None}
 
 
-def tied(key: jax.Array, cfg: SAEConfig, b_dec: jax.Array, row_norm: float) -> Params:
-    """The common start: W_dec rows random directions of norm `row_norm`, W_enc = W_dec^T, b_enc = 0.
+def tied(key: jax.Array, cfg: SAEConfig, b_dec: jax.Array, row_norm: float, encoder_norm: float | None = None) -> Params:
+    """The common start: W_dec rows random directions of norm `row_norm`, W_enc = W_dec^T rescaled to columns of
+    norm cfg.encoder_init_norm, else the architecture's `encoder_norm`, else `row_norm`; b_enc = 0.
 
     Returns global shapes: W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d] (a float32 copy of `b_dec`).
     """
@@ -33,8 +39,9 @@ def tied(key: jax.Array, cfg: SAEConfig, b_dec: jax.Array, row_norm: float) -> P
     if b_dec.shape != (cfg.d_model,):
         raise ValueError(f"init: b_dec has shape {b_dec.shape}, expected ({cfg.d_model},) = (d_model,)")
     W_dec = random_rows(key, cfg.n_latents, cfg.d_model, row_norm)
+    encoder_norm = next(v for v in (cfg.encoder_init_norm, encoder_norm, row_norm) if v is not None)
     return {
-        "W_enc": W_dec.T,
+        "W_enc": W_dec.T * (float(encoder_norm) / row_norm),
         "b_enc": jnp.zeros((cfg.n_latents,), jnp.float32),
         "W_dec": W_dec,
         "b_dec": b_dec,
