@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="model folder (Geneformer HF folder or scGPT folder); default: the demo model")
     ap.add_argument("--adata", help=".h5ad of raw counts; default: the demo cells")
     ap.add_argument("--layer", type=int, default=None, help="block whose residual stream to extract (default: middle)")
-    ap.add_argument("--out", default="runs/quickstart", help="output folder (stores and the training run)")
+    ap.add_argument("--out", help="output folder (stores and the training run); default: runs/quickstart, or "
+                    "runs/quickstart-scgpt for the demo scGPT (so both demos keep their stores)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace stores under --out that an earlier run extracted with other settings")
     ap.add_argument("--cache", default=".cache/demo", help="where the demo data and model are cached")
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                          "cells, none for your own)")
     ap.add_argument("--pretrain-seconds", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = "runs/quickstart-scgpt" if args.model is None and args.model_kind == "scgpt" else "runs/quickstart"
     if args.pretrain_seconds is not None:
         ap.error("--pretrain-seconds is gone: the demo models ship pretrained (extract/demo_weights/); "
                  "to pretrain one yourself run `python -m extract.demo_pretrain {geneformer,scgpt} OUT_DIR`")
