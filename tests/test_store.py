@@ -215,6 +215,11 @@ def test_open_store_refuses_missing_or_broken_manifests(tmp_path):
     (no_manifest / "manifest.json").unlink()
     with pytest.raises(StoreError, match=r"manifest.json is missing.*re-run the extraction"):
         open_store(no_manifest)
+    layer = tmp_path / "layer_2"  # an extraction's layer folder: one store per kind of row
+    for kind in ("cell_cls", "tokens"):
+        _store_with_rows(layer / kind, 20)
+    with pytest.raises(StoreError, match=r"a folder of stores \(cell_cls, tokens\); pass one of them, e.g. .*tokens"):
+        open_store(layer)
     garbled = _store_with_rows(tmp_path / "garbled", 20)
     (garbled / "manifest.json").write_text('{"schema_version": 1, "d_model": ')
     with pytest.raises(StoreError, match=r"garbled.*not valid JSON"):

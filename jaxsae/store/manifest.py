@@ -321,6 +321,10 @@ def read_manifest(store_path: Path) -> Manifest:
         )
     manifest_path = store_path / MANIFEST_NAME
     if not manifest_path.is_file():
+        inner = sorted(p.name for p in store_path.iterdir() if (p / MANIFEST_NAME).is_file())
+        if inner:  # an extraction's layer folder, which holds one store per kind of row
+            raise StoreError(f"store {store_path}: not a store but a folder of stores ({', '.join(inner)}); pass one "
+                             f"of them, e.g. {store_path / inner[-1]}")
         raise StoreError(
             f"store {store_path}: {MANIFEST_NAME} is missing; expected one in every store (it is written at the "
             "first commit); the folder is not a jaxsae store or its extraction never committed: re-run the extraction"
