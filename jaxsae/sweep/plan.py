@@ -124,12 +124,15 @@ def packs_from_json(plan: dict) -> tuple[Pack, ...]:
 def member_bytes(cfg: TrainConfig) -> int:
     """Estimated device memory of one member: its parameters four times over (the parameters, their
     gradients and Adam's two moments) plus four [batch, n_latents] float32 arrays (pre-activations, latents and
-    their gradients), from the architecture's real parameter shapes (`jax.eval_shape` of its init). XLA's
-    account of a compiled 4-member step is 0.75-0.8 of it on CPU (tests/test_sweep.py checks it bounds XLA's)."""
+    their gradients), from the architecture's real parameter shapes (`jax.eval_shape` of its init). A per-row
+    top-k with the sparse decode (topk) writes no [batch, n_latents] latents or gradients: two arrays (its scores,
+    and AuxK's copy with live latents masked). XLA's account of a compiled 4-member step is 0.4-0.8 of it on CPU
+    (tests/test_sweep.py checks it bounds XLA's within 4x)."""
     arch = build(cfg.sae)
     shapes = jax.eval_shape(lambda: arch.init(jax.random.key(0), jnp.zeros((cfg.sae.d_model,), jnp.float32)))
     n_params = sum(int(x.size) for x in jax.tree.leaves(shapes))
-    return 4 * (4 * n_params + 4 * cfg.data.batch_rows * cfg.sae.n_latents)
+    wide = 2 if arch.max_active_per_row is not None and cfg.sae.sparse_decode else 4
+    return 4 * (4 * n_params + wide * cfg.data.batch_rows * cfg.sae.n_latents)
 
 
 def device_budget() -> tuple[int, str]:
