@@ -9,6 +9,7 @@ from extract.errors import ExtractError
 from jaxsae.validation import checks_deferred
 
 _DTYPES = ("float32", "bfloat16")
+HVG_FLAVORS = ("seurat_v3", "seurat", "cell_ranger")  # scanpy's flavors, streamed in extract.hvg
 DUPLICATE_POLICIES = ("sum", "first", "error")
 
 
@@ -93,6 +94,8 @@ class ExtractConfig:
         for name in ("store_dtype", "compute_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ExtractError(f"{name} must be one of {_DTYPES}, found {getattr(self, name)!r}")
+        if self.hvg_flavor not in HVG_FLAVORS:
+            raise ExtractError(f"hvg_flavor must be one of {HVG_FLAVORS}, found {self.hvg_flavor!r}")
         for name in ("seed", "binning_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

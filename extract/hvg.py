@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from extract.config import HVG_FLAVORS as FLAVORS
 from extract.errors import ExtractError
 
-FLAVORS = ("seurat_v3", "seurat", "cell_ranger")
 # Cells per block. A block holds ~65 bytes per non-zero at once (copies, float64 values, bincount weights): on
 # 200,000 x 20,000 counts of ~1,100 genes a cell (experiments/bench_extract_memory.py --hvg) +104 MB at 1,024,
 # +305 MB at 4,096, equally fast (18.5 s).

@@ -70,3 +70,12 @@ def test_jaxsae_extract_bad_input_is_one_error_line(tmp_path):
     assert run.stderr.splitlines() == [f"error: AnnData file {tmp_path / 'missing.h5ad'} does not exist (or is not "
                                        "a file); expected an .h5ad of raw counts; check the path"]
     assert not (tmp_path / "out").exists()
+
+
+def test_jaxsae_extract_refuses_an_unknown_hvg_flavor_before_any_work(tmp_path):
+    model_dir = write_geneformer_folder(tmp_path / "model", GENES, n_layers=1, max_positions=48)
+    run = jaxsae_cli("extract", tmp_path / "missing.h5ad", model_dir, tmp_path / "out", "--hvg_flavor", "pearson")
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == ["error: hvg_flavor must be one of ('seurat_v3', 'seurat', 'cell_ranger'), "
+                                       "found 'pearson'"]
+    assert not (tmp_path / "out").exists()
