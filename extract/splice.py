@@ -35,7 +35,7 @@ GENEFORMER_MASK_FRACTION = 0.15
 SCGPT_MASK_RATIO = 0.4  # scGPT's default mask_ratio, when args.json records none
 READ_ROWS = 4096
 # make_tokenizer options a store's manifest records (source.tokenizer) and the evaluation reuses
-TOKENIZER_OPTIONS = ("gene_column", "model_input_size", "duplicate_genes", "n_hvg", "max_seq_len",
+TOKENIZER_OPTIONS = ("gene_column", "model_input_size", "duplicate_genes", "n_hvg", "hvg_flavor", "max_seq_len",
                      "include_zero_genes", "seed", "binning_seed")
 
 

@@ -12,6 +12,7 @@ from extract.errors import ExtractError
 from extract.hvg import streamed_hvg
 from extract.run import extract
 from extract.testing import write_counts_h5ad, write_scgpt_folder
+from jaxsae.store import open_store
 
 
 def scanpy_hvg(counts: sp.csr_matrix, var, n_top_genes: int, flavor: str) -> np.ndarray:
@@ -65,3 +66,24 @@ def test_extraction_with_hvg_reads_row_blocks(tmp_path, monkeypatch, flavor):
     extract(adata, model_dir, tmp_path / "out", layers=[0], device="cpu", progress_bar=False, n_hvg=20,
             hvg_flavor=flavor, cells_per_commit=64, cell_embeddings=False)
     assert reads and max(reads) <= 64  # never the whole 200-cell matrix
+    tokenizer = open_store(tmp_path / "out/layer_0/tokens").source["tokenizer"]
+    assert tokenizer["n_hvg"] == 20 and tokenizer["hvg_flavor"] == flavor  # a resume with another is refused
+
+
+def test_the_evaluation_tokenises_with_the_recorded_hvg_flavor(tmp_path):
+    from extract.models import load_model
+    from extract.splice import sample_cells
+
+    symbols = [f"G{n}" for n in range(60)]
+    adata = write_counts_h5ad(tmp_path / "cells.h5ad", 200, symbols)
+    model_dir = write_scgpt_folder(tmp_path / "model", symbols, max_seq_len=64)
+    extract(adata, model_dir, tmp_path / "out", layers=[0], device="cpu", progress_bar=False, n_hvg=20,
+            hvg_flavor="cell_ranger", cell_embeddings=False)
+    model = load_model(model_dir)
+    with CountSource(adata) as source:
+        masks = {flavor: streamed_hvg(source, 20, flavor) for flavor in ("cell_ranger", "seurat_v3")}
+    assert (masks["cell_ranger"] != masks["seurat_v3"]).any()  # the flavors choose other genes here
+    cells = sample_cells(model, adata, 200, 0, open_store(tmp_path / "out/layer_0/tokens").source)
+    used = {model.vocab[symbols[j]] for j in np.flatnonzero(masks["cell_ranger"])}
+    seen = set(np.concatenate([ids[cells.tokens.n_prefix:] for ids in cells.tokens.input_ids]).tolist())
+    assert seen <= used and len(seen) > 15  # the store's flavor, not the default 'seurat_v3'

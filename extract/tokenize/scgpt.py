@@ -82,7 +82,8 @@ def bin_values(values: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.
 class ScGPTTokenizer:
     """Gene tokens + binned values for one AnnData's var.
 
-    max_seq_len: total length including `<cls>`. gene_mask: [n_var] bool, e.g. highly variable genes.
+    max_seq_len: total length including `<cls>`. gene_mask: [n_var] bool, e.g. highly variable genes, and
+    hvg_flavor the scanpy flavor that chose them (recorded in `settings()`, so a resume with another is refused).
     seed: seeds the subsampling of cells longer than max_seq_len; binning_seed: the binning's tie-breaking.
     duplicate_genes: "sum", "first" or "error" for var rows naming the same gene (see `plan_genes`).
     """
@@ -100,6 +101,7 @@ class ScGPTTokenizer:
         pad_value: float = -2.0,
         gene_column: str | None = None,
         gene_mask: np.ndarray | None = None,
+        hvg_flavor: str | None = None,
         include_zero_genes: bool = False,
         seed: int = 0,
         binning_seed: int = 0,
@@ -123,6 +125,7 @@ class ScGPTTokenizer:
         self.pad_value = float(pad_value)
         self.gene_column = gene_column
         self.n_hvg = None if gene_mask is None else int(np.sum(gene_mask))
+        self.hvg_flavor = hvg_flavor  # how gene_mask was chosen (recorded when there is one)
         self.include_zero_genes = bool(include_zero_genes)
         self.seed = int(seed)
         self.binning_seed = int(binning_seed)
@@ -135,6 +138,7 @@ class ScGPTTokenizer:
             "pad_value": self.pad_value,
             "gene_column": self.gene_column,
             "n_hvg": self.n_hvg,
+            **({"hvg_flavor": self.hvg_flavor} if self.n_hvg is not None and self.hvg_flavor else {}),
             "include_zero_genes": self.include_zero_genes,
             "seed": self.seed,
             "binning_seed": self.binning_seed,
