@@ -19,6 +19,7 @@ every flavor's mask against scanpy's in-memory `highly_variable_genes` on real c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -41,7 +42,7 @@ def streamed_hvg(source, n_top_genes: int, flavor: str, block_rows: int | None =
     cells at a time."""
     if flavor not in FLAVORS:
         raise ExtractError(f"highly variable genes support flavor {FLAVORS}, found {flavor!r}; pass one of them")
-    blocks = lambda: _blocks(source, flavor, block_rows or BLOCK_ROWS)  # noqa: E731 (a second pass re-reads)
+    blocks = functools.partial(_blocks, source, flavor, block_rows or BLOCK_ROWS)  # called again for a second pass
     mean, var = _mean_var(blocks(), source.n_cells)
     if flavor == "seurat_v3":
         return _select_v3(blocks, source.n_cells, mean, var, n_top_genes)

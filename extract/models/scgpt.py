@@ -202,7 +202,7 @@ class ScGPTModel(ExtractModel):
         return ScGPTTokenizer(
             self.vocab, var, n_bins=self.n_bins, max_seq_len=max_seq_len or self.max_seq_len,
             pad_token=self.pad_token, pad_value=self.pad_value, gene_column=gene_column, gene_mask=gene_mask,
-            hvg_flavor=hvg_flavor if n_hvg else None,
+            hvg_flavor=hvg_flavor,
             include_zero_genes=include_zero_genes, seed=seed, binning_seed=binning_seed,
             duplicate_genes=duplicate_genes,
         )

@@ -125,7 +125,7 @@ class ScGPTTokenizer:
         self.pad_value = float(pad_value)
         self.gene_column = gene_column
         self.n_hvg = None if gene_mask is None else int(np.sum(gene_mask))
-        self.hvg_flavor = hvg_flavor  # how gene_mask was chosen (recorded when there is one)
+        self.hvg_flavor = None if gene_mask is None else hvg_flavor  # how gene_mask was chosen, when it was
         self.include_zero_genes = bool(include_zero_genes)
         self.seed = int(seed)
         self.binning_seed = int(binning_seed)
@@ -138,7 +138,7 @@ class ScGPTTokenizer:
             "pad_value": self.pad_value,
             "gene_column": self.gene_column,
             "n_hvg": self.n_hvg,
-            **({"hvg_flavor": self.hvg_flavor} if self.n_hvg is not None and self.hvg_flavor else {}),
+            **({"hvg_flavor": self.hvg_flavor} if self.hvg_flavor is not None else {}),
             "include_zero_genes": self.include_zero_genes,
             "seed": self.seed,
             "binning_seed": self.binning_seed,

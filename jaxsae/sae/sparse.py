@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxsae.sae.base import Axes, Params, SAEConfig
 from jaxsae.sae.collectives import all_gather, axis_size, pmin, psum, reduce_to_type_of, shard_offset, zeros_varying_like_all
-from jaxsae.sae.common import einsum, global_rows, matmul
+from jaxsae.sae.common import biased_matmul, einsum, global_rows, matmul
 from jaxsae.sae.members import member_by_member
 
 
@@ -99,20 +99,6 @@ def merge_candidates(values: jax.Array, index: jax.Array, k: int, n_local: int, 
 # threads matter more than the cache (CPU, d 512, 8,192 latents, B 1,024, E 8: member by member cost 0.60x the
 # member-rows/s of one member; d 64, 1,024 latents: 0.99-1.03x, against 0.67-0.87x batched).
 MEMBER_BY_MEMBER_MAX_BYTES = 8 << 20
-
-
-def biased_matmul(x: jax.Array, W: jax.Array, c: jax.Array, compute_dtype: str) -> jax.Array:
-    """x @ W + c: [B, d], [d, n], [n] -> [B, n] float32, the matmul's inputs in compute_dtype.
-
-    PERFORMANCE (memory): in float32 the bias rides in the matmul, as a row of W against a column of ones, so the
-    matmul's output is the biased scores: one [B, n] array where a separate add (which XLA:CPU's library fusion
-    of the top-k's block maxima cannot absorb) kept two. d 512, 8,192 latents, 4,096 rows: the step's peak RSS
-    919-934 -> 834-856 MB, step time unchanged (experiments/RESULTS.md). bfloat16 keeps the add outside, so the
-    bias is not rounded to bfloat16."""
-    if compute_dtype != "float32":
-        return matmul(x, W, compute_dtype) + c[None, :]
-    ones = jnp.ones((x.shape[0], 1), x.dtype)
-    return matmul(jnp.concatenate([x, ones], axis=1), jnp.concatenate([W, c[None, :]], axis=0))
 
 
 @functools.cache
